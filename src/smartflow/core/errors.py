@@ -1,0 +1,176 @@
+"""Error taxonomy shared by every dialect and provider.
+
+Each class carries the HTTP status, a stable code, whether a retry may succeed, and
+the log level at which the gateway records it. Ingress dialects render these into
+their own error bodies; provider adapters map upstream failures into them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "ConfigError",
+    "InternalError",
+    "InvalidRequest",
+    "MalformedUpstreamResponse",
+    "NotFound",
+    "PermissionDenied",
+    "PolicyViolation",
+    "RateLimited",
+    "RequestTooLarge",
+    "SmartflowError",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamOverloaded",
+    "UpstreamRateLimited",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class SmartflowError(Exception):
+    """Root of every error the gateway reports to a caller."""
+
+    status: int = 500
+    code: str = "internal_error"
+    retryable: bool = False
+    log_level: int = logging.ERROR
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+# --- the caller's fault -------------------------------------------------------------
+
+
+class ClientError(SmartflowError):
+    status = 400
+    code = "invalid_request"
+    log_level = logging.INFO
+
+
+class InvalidRequest(ClientError):
+    """A request body that is not valid JSON or breaks the dialect's schema."""
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    code = "authentication_failed"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    code = "permission_denied"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class RequestTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class PolicyViolation(ClientError):
+    status = 400
+    code = "policy_violation"
+
+
+class RateLimited(ClientError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
+# --- the upstream provider's fault --------------------------------------------------
+
+
+class UpstreamError(SmartflowError):
+    """A failure of the provider call; ``provider`` names the deployment's provider."""
+
+    status = 502
+    code = "upstream_error"
+    log_level = logging.WARNING
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        param: str | None = None,
+        upstream_type: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.upstream_type = upstream_type
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The provider answered with an error status; 4xx keep their status for the caller."""
+
+    def __init__(self, message: str, *, upstream_status: int, **kwargs: object) -> None:
+        super().__init__(message, upstream_status=upstream_status, **kwargs)  # type: ignore[arg-type]
+        if 400 <= upstream_status < 500:
+            self.status = upstream_status
+            self.log_level = logging.INFO
+        else:
+            self.status = 502
+            self.retryable = True
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    code = "upstream_rate_limited"
+    retryable = True
+
+
+class UpstreamOverloaded(UpstreamError):
+    status = 529
+    code = "upstream_overloaded"
+    retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    retryable = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The connection failed or broke before a response arrived."""
+
+    status = 502
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class MalformedUpstreamResponse(UpstreamError):
+    status = 502
+    code = "malformed_upstream_response"
+
+
+# --- our own fault ------------------------------------------------------------------
+
+
+class InternalError(SmartflowError):
+    pass
+
+
+class ConfigError(InternalError):
+    code = "config_error"
