@@ -1,1 +1,1 @@
-
+"""Caller authentication."""

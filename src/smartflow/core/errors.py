@@ -28,6 +28,7 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "upstream_error",
 ]
 
 
@@ -122,10 +123,30 @@ class UpstreamError(SmartflowError):
 
 
 class UpstreamHTTPError(UpstreamError):
-    """The provider answered with an error status; 4xx keep their status for the caller."""
+    """The provider answered with an error status.
 
-    def __init__(self, message: str, *, upstream_status: int, **kwargs: object) -> None:
-        super().__init__(message, upstream_status=upstream_status, **kwargs)  # type: ignore[arg-type]
+    A 4xx keeps its status for the caller and is not retried; a 5xx becomes 502 and
+    may be retried on the next deployment.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        provider: str = "",
+        retry_after: float | None = None,
+        param: str | None = None,
+        upstream_type: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            upstream_status=upstream_status,
+            retry_after=retry_after,
+            param=param,
+            upstream_type=upstream_type,
+        )
         if 400 <= upstream_status < 500:
             self.status = upstream_status
             self.log_level = logging.INFO
@@ -163,6 +184,42 @@ class UpstreamUnavailable(UpstreamError):
 class MalformedUpstreamResponse(UpstreamError):
     status = 502
     code = "malformed_upstream_response"
+
+
+def upstream_error(
+    status: int,
+    message: str,
+    *,
+    provider: str,
+    retry_after: float | None = None,
+    param: str | None = None,
+    upstream_type: str | None = None,
+) -> UpstreamError:
+    """Build the error class that matches an upstream HTTP status."""
+    cls: type[UpstreamError]
+    if status == 429:
+        cls = UpstreamRateLimited
+    elif status == 529:
+        cls = UpstreamOverloaded
+    elif status in (408, 504):
+        cls = UpstreamTimeout
+    else:
+        return UpstreamHTTPError(
+            message,
+            upstream_status=status,
+            provider=provider,
+            retry_after=retry_after,
+            param=param,
+            upstream_type=upstream_type,
+        )
+    return cls(
+        message,
+        provider=provider,
+        upstream_status=status,
+        retry_after=retry_after,
+        param=param,
+        upstream_type=upstream_type,
+    )
 
 
 # --- our own fault ------------------------------------------------------------------

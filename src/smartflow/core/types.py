@@ -90,10 +90,18 @@ class Message:
 
 @dataclass(slots=True)
 class Tool:
+    """A function the model may call.
+
+    ``builtin`` holds the raw definition of a provider's own tool (a server tool such
+    as web search); such a tool can only go unchanged to the dialect it came from.
+    """
+
     name: str
     description: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     strict: bool | None = None
+    builtin: dict[str, Any] | None = None
+    builtin_dialect: str | None = None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,178 @@
+"""The gateway configuration file: its schema, loading and validation."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smartflow.core.errors import ConfigError
+
+__all__ = [
+    "DeploymentSettings",
+    "GatewayConfig",
+    "KeySettings",
+    "ProviderSettings",
+    "RetrySettings",
+    "ServerSettings",
+    "TimeoutSettings",
+    "load_config",
+    "parse_config",
+]
+
+ProviderType = Literal["openai", "azure_openai", "anthropic"]
+
+_SECRET_FIELDS = ("api_key", "key", "secret", "token", "password")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(7775, ge=0, le=65535)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+    access_log: bool = True
+    instance: str = "local"
+    site: str = "local"
+
+
+class ProviderSettings(_Strict):
+    """One upstream account: its API type, endpoint and where its credential lives."""
+
+    type: ProviderType
+    base_url: str | None = None
+    """OpenAI: up to and including /v1. Anthropic: the host only. Azure: the resource URL."""
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    api_version: str | None = None
+    """Azure OpenAI only: the api-version query value, or ``v1`` for the v1 API path."""
+    anthropic_version: str = "2023-06-01"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in _SECRET_FIELDS:
+                if name in data:
+                    raise ValueError(
+                        f"'{name}' is not allowed in the config file: put the credential in an "
+                        "environment variable and name it in 'api_key_env', or in a file named "
+                        "by 'api_key_file'"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> ProviderSettings:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set either 'api_key_env' or 'api_key_file', not both")
+        if self.type == "azure_openai":
+            if not self.base_url:
+                raise ValueError("'base_url' is required for azure_openai: the resource URL")
+            if not self.api_version:
+                raise ValueError("'api_version' is required for azure_openai, e.g. 2024-10-21 or v1")
+        return self
+
+
+class DeploymentSettings(_Strict):
+    """One place a public model can be served: a provider and its model (or Azure deployment)."""
+
+    provider: str
+    model: str
+
+
+class KeySettings(_Strict):
+    """A virtual key, stored as the SHA-256 of the key text."""
+
+    name: str
+    sha256: str
+    team: str = "default"
+    user: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError(
+                "must be the 64-character hex SHA-256 of the key; get it with `smartflow keys hash`"
+            )
+        return value
+
+
+class RetrySettings(_Strict):
+    attempts_per_deployment: int = Field(2, ge=1, le=10)
+    backoff_initial_s: float = Field(0.25, ge=0)
+    backoff_max_s: float = Field(8.0, ge=0)
+    max_retry_after_s: float = Field(30.0, ge=0)
+    """A ``retry-after`` longer than this moves on to the next deployment without waiting."""
+
+
+class TimeoutSettings(_Strict):
+    connect_s: float = Field(10.0, gt=0)
+    read_s: float = Field(120.0, gt=0)
+    """Longest wait for the next bytes from an upstream, including the first ones."""
+
+
+class GatewayConfig(_Strict):
+    server: ServerSettings = ServerSettings()
+    providers: dict[str, ProviderSettings] = {}
+    models: dict[str, list[DeploymentSettings]] = {}
+    keys: list[KeySettings] = []
+    retry: RetrySettings = RetrySettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        for model, deployments in self.models.items():
+            if not deployments:
+                raise ValueError(f"models.{model}: list at least one deployment")
+            for i, deployment in enumerate(deployments):
+                if deployment.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers)) or "none"
+                    raise ValueError(
+                        f"models.{model}[{i}].provider: unknown provider {deployment.provider!r} "
+                        f"(defined: {known})"
+                    )
+        return self
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate configuration data; raise ConfigError listing every invalid field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate a YAML configuration file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {file}: {exc}") from exc
+    return parse_config(data, str(file))

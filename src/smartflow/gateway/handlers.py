@@ -1,0 +1,286 @@
+"""HTTP handlers of the data plane: chat, models and token counting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from smartflow.auth.keys import Caller, KeyStore
+from smartflow.core.errors import (
+    InternalError,
+    InvalidRequest,
+    RequestTooLarge,
+    SmartflowError,
+    UpstreamError,
+)
+from smartflow.core.types import ChatRequest, ImagePart
+from smartflow.dialects.anthropic import requests as anthropic_requests
+from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
+from smartflow.gateway.upstream import Dispatcher, Exchange
+from smartflow.providers.anthropic import AnthropicProvider
+from smartflow.routing.router import Router
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("smartflow.access")
+
+_JSON = "application/json"
+
+
+class Gateway:
+    """The request path of one instance, independent of how it is served."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        keys: KeyStore,
+        dispatcher: Dispatcher,
+        max_body_bytes: int,
+        access_log: bool = True,
+        owners: dict[str, str] | None = None,
+    ) -> None:
+        self.router = router
+        self.keys = keys
+        self.dispatcher = dispatcher
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+        self.owners = owners or {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/healthz", self.health)
+
+    # --- endpoints -------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, OPENAI)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, ANTHROPIC)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        anthropic = "anthropic-version" in request.headers and "Authorization" not in request.headers
+        ingress = ANTHROPIC if anthropic else OPENAI
+        request_id = _new_request_id()
+        try:
+            self.keys.authenticate(request.headers)
+        except SmartflowError as exc:
+            return self._error_response(ingress, exc, request_id)
+        models = sorted(self.router.models)
+        if anthropic:
+            data: dict[str, Any] = {
+                "data": [
+                    {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+                    for m in models
+                ],
+                "has_more": False,
+                "first_id": models[0] if models else None,
+                "last_id": models[-1] if models else None,
+            }
+        else:
+            data = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": self.owners.get(m, "smartflow")}
+                    for m in models
+                ],
+            }
+        return web.Response(body=orjson.dumps(data), content_type=_JSON, headers={ingress.request_id_header: request_id})
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """Count input tokens: Anthropic deployments answer themselves, others get an estimate."""
+        request_id = _new_request_id()
+        try:
+            self.keys.authenticate(request.headers)
+            body = await self._read_json(request)
+            counted = {**body, "max_tokens": body.get("max_tokens") or 1}
+            canonical = anthropic_requests.parse_request(counted)
+            deployment = self.router.deployments(canonical.model)[0]
+            provider = deployment.provider
+            if isinstance(provider, AnthropicProvider):
+                target = provider.count_tokens_target(request.headers)
+                payload = {k: v for k, v in body.items() if k != "max_tokens"}
+                payload["model"] = deployment.model
+                async with self.dispatcher.session.post(
+                    target.url, data=orjson.dumps(payload), headers=target.headers
+                ) as upstream:
+                    data = await upstream.read()
+                    if upstream.status >= 400:
+                        raise provider.parse_error(upstream.status, data, upstream.headers)
+                return web.Response(body=data, content_type=_JSON, headers={"request-id": request_id})
+            estimate = {"input_tokens": _estimate_tokens(canonical)}
+            return web.Response(
+                body=orjson.dumps(estimate),
+                content_type=_JSON,
+                headers={"request-id": request_id, "x-smartflow-token-count": "estimate"},
+            )
+        except SmartflowError as exc:
+            return self._error_response(ANTHROPIC, exc, request_id)
+
+    # --- the chat path ---------------------------------------------------------------
+
+    async def _chat(self, request: web.Request, ingress: Ingress) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = _new_request_id()
+        status = 500
+        model = "-"
+        served = "-"
+        try:
+            caller = self.keys.authenticate(request.headers)
+            body = await self._read_json(request)
+            canonical = ingress.parse_request(body)
+            model = canonical.model
+            deployments = self.router.deployments(canonical.model)
+            exchange = Exchange(request_id, ingress.name, body, canonical, request.headers)
+            if canonical.stream:
+                response = await self._stream(request, ingress, exchange, deployments, caller)
+                served = response.headers.get("x-smartflow-deployment", "-")
+                status = response.status
+                return response
+            payload, deployment = await self.dispatcher.complete(exchange, deployments, ingress.render_response)
+            served = deployment.label
+            status = 200
+            return web.Response(
+                body=payload,
+                content_type=_JSON,
+                headers={ingress.request_id_header: request_id, "x-smartflow-deployment": served},
+            )
+        except SmartflowError as exc:
+            status = exc.status
+            return self._error_response(ingress, exc, request_id)
+        except asyncio.CancelledError:
+            status = 499
+            logger.info("request %s: client disconnected; upstream request cancelled", request_id)
+            raise
+        except Exception:  # noqa: BLE001 - the boundary of a request: report, never crash
+            logger.exception("request %s: unexpected error", request_id)
+            return self._error_response(
+                ingress, InternalError("The gateway failed to process the request."), request_id
+            )
+        finally:
+            if self.access_log:
+                access_logger.info(
+                    "%s %s %s model=%s deployment=%s status=%s ms=%.1f",
+                    request_id,
+                    request.method,
+                    request.path,
+                    model,
+                    served,
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        ingress: Ingress,
+        exchange: Exchange,
+        deployments: list[Any],
+        caller: Caller,
+    ) -> web.StreamResponse:
+        canonical: ChatRequest = exchange.request
+        stream = await self.dispatcher.open_stream(
+            exchange, deployments, lambda: ingress.make_encoder(canonical)
+        )
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                ingress.request_id_header: exchange.request_id,
+                "x-smartflow-deployment": stream.deployment.label,
+            },
+        )
+        try:
+            await response.prepare(request)
+            await response.write(stream.first)
+            async for chunk in stream.rest:
+                await response.write(chunk)
+        except UpstreamError as exc:
+            logger.warning(
+                "request %s: stream from %s failed after it started: %s",
+                exchange.request_id,
+                stream.deployment.label,
+                exc.message,
+            )
+            await response.write(ingress.make_encoder(canonical).encode_error(exc))
+        except (ConnectionResetError, ConnectionError):
+            logger.info(
+                "request %s: client disconnected mid-stream; upstream request cancelled",
+                exchange.request_id,
+            )
+            return response
+        finally:
+            stream.close()
+        await response.write_eof()
+        return response
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any]:
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+        raw = bytearray()
+        async for chunk in request.content.iter_any():
+            raw += chunk
+            if len(raw) > self.max_body_bytes:
+                raise _too_large(self.max_body_bytes)
+        if not raw:
+            raise InvalidRequest("The request body is empty. Send a JSON object.")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"The request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}). Send a JSON object."
+            ) from exc
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        return body
+
+    def _error_response(self, ingress: Ingress, error: SmartflowError, request_id: str) -> web.Response:
+        logger.log(error.log_level, "request %s: %s (%s)", request_id, error.message, error.code)
+        status, body, headers = ingress.render_error(error)
+        headers[ingress.request_id_header] = request_id
+        return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"The request body is larger than the limit of {limit} bytes. Send a smaller request, "
+        "or raise server.max_body_bytes."
+    )
+
+
+def _new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def _estimate_tokens(request: ChatRequest) -> int:
+    """Estimate input tokens at four characters each, plus fixed costs per turn and image."""
+    characters = 0
+    images = 0
+    for message in request.messages:
+        characters += len(message.text())
+        images += sum(1 for p in message.content if isinstance(p, ImagePart))
+        for call in message.tool_calls:
+            characters += len(call.name) + len(call.arguments)
+    for tool in request.tools:
+        characters += len(tool.name) + len(tool.description or "") + len(orjson.dumps(tool.parameters))
+    return math.ceil(characters / 4) + 4 * len(request.messages) + 1500 * images

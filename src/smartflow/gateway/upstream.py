@@ -1,0 +1,296 @@
+"""Sending a chat request upstream: retries, fallbacks and stream opening.
+
+A request tries its deployments in order. Each deployment gets up to
+``attempts_per_deployment`` tries; a retryable failure (429, 5xx, 529, timeout,
+connection error) waits with exponential backoff, or for the provider's
+``retry-after`` when it gives one, and moves on to the next deployment when its tries
+are spent. A stream may still fail over until its first byte has reached the
+caller; after that an error is reported inside the stream instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import orjson
+
+from smartflow.config.schema import RetrySettings
+from smartflow.core.errors import (
+    InvalidRequest,
+    MalformedUpstreamResponse,
+    SmartflowError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from smartflow.core.stream import StreamEvent
+from smartflow.core.types import ChatRequest
+from smartflow.providers.base import Deployment
+from smartflow.transport.sse import SSEParser
+
+__all__ = ["Attempt", "Dispatcher", "Encoder", "OpenStream"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Encoder(Protocol):
+    def encode(self, event: StreamEvent) -> bytes: ...
+
+    def encode_error(self, error: SmartflowError) -> bytes: ...
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at one deployment, as recorded for logs and usage."""
+
+    deployment: str
+    error: str | None = None
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the dispatcher needs to know about the caller's request."""
+
+    request_id: str
+    dialect: str
+    body: dict[str, Any]
+    request: ChatRequest
+    client_headers: Mapping[str, str]
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """An upstream stream whose first bytes for the caller are already at hand."""
+
+    deployment: Deployment
+    first: bytes
+    rest: AsyncIterator[bytes]
+    response: aiohttp.ClientResponse
+
+    def close(self) -> None:
+        # Closing (not releasing) drops the connection, which cancels the upstream
+        # generation when the stream is abandoned part-way.
+        self.response.close()
+
+
+def _map_transport_error(exc: BaseException, deployment: Deployment, read_timeout: float) -> UpstreamError:
+    provider = deployment.provider.name
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(
+            f"{provider} did not respond within {read_timeout:g} s.", provider=provider
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnavailable(
+            f"Cannot connect to {provider} at {exc.host}:{exc.port}: {exc.os_error}.", provider=provider
+        )
+    return UpstreamUnavailable(
+        f"The connection to {provider} failed: {type(exc).__name__}.", provider=provider
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self, session: aiohttp.ClientSession, retry: RetrySettings, *, read_timeout: float
+    ) -> None:
+        self.session = session
+        self.retry = retry
+        self.read_timeout = read_timeout
+
+    # --- the retry and fallback loop ------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.retry.backoff_initial_s * (2**attempt), self.retry.backoff_max_s)
+        return base * (0.5 + random.random() / 2)
+
+    async def _with_fallback(
+        self,
+        exchange: Exchange,
+        deployments: list[Deployment],
+        call: Callable[[Deployment], Awaitable[T]],
+    ) -> T:
+        last_error: UpstreamError | None = None
+        tries = self.retry.attempts_per_deployment
+        for position, deployment in enumerate(deployments):
+            for attempt in range(tries):
+                record = Attempt(deployment.label)
+                exchange.attempts.append(record)
+                try:
+                    return await call(deployment)
+                except UpstreamError as exc:
+                    record.error, record.status = exc.code, exc.upstream_status
+                    if not exc.retryable:
+                        raise
+                    last_error = exc
+                    has_next = position + 1 < len(deployments)
+                    wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                    if attempt + 1 >= tries or wait > self.retry.max_retry_after_s:
+                        if has_next:
+                            logger.warning(
+                                "request %s: %s failed (%s); falling back to %s",
+                                exchange.request_id,
+                                deployment.label,
+                                exc.message,
+                                deployments[position + 1].label,
+                            )
+                        break
+                    logger.warning(
+                        "request %s: %s failed (%s); retry %d in %.2f s",
+                        exchange.request_id,
+                        deployment.label,
+                        exc.message,
+                        attempt + 1,
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+        assert last_error is not None
+        raise last_error
+
+    # --- one upstream call -----------------------------------------------------------
+
+    def _payload(self, exchange: Exchange, deployment: Deployment) -> tuple[bytes, bool]:
+        provider = deployment.provider
+        if provider.dialect == exchange.dialect:
+            return orjson.dumps(provider.passthrough_body(exchange.body, deployment.model)), True
+        return orjson.dumps(provider.build_body(exchange.request, deployment.model)), False
+
+    async def _post(
+        self, exchange: Exchange, deployment: Deployment, payload: bytes, *, stream: bool
+    ) -> aiohttp.ClientResponse:
+        provider = deployment.provider
+        target = provider.chat_target(deployment.model, stream=stream, client_headers=exchange.client_headers)
+        try:
+            response = await self.session.post(target.url, data=payload, headers=target.headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _map_transport_error(exc, deployment, self.read_timeout) from exc
+        if response.status >= 400:
+            try:
+                body = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                response.close()
+                raise _map_transport_error(exc, deployment, self.read_timeout) from exc
+            response.release()
+            raise provider.parse_error(response.status, body, response.headers)
+        return response
+
+    async def complete(self, exchange: Exchange, deployments: list[Deployment], render: Callable[[Any], bytes]) -> tuple[bytes, Deployment]:
+        """Return the caller's response body and the deployment that served it.
+
+        ``render`` turns a canonical response into the caller's dialect; a pass-through
+        response is returned byte for byte.
+        """
+
+        async def call(deployment: Deployment) -> tuple[bytes, Deployment]:
+            payload, passthrough = self._payload(exchange, deployment)
+            response = await self._post(exchange, deployment, payload, stream=False)
+            try:
+                body = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise _map_transport_error(exc, deployment, self.read_timeout) from exc
+            finally:
+                response.release()
+            if passthrough:
+                return body, deployment
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise MalformedUpstreamResponse(
+                    f"{deployment.provider.name} returned a body that is not JSON.",
+                    provider=deployment.provider.name,
+                ) from exc
+            return render(deployment.provider.parse_response(data)), deployment
+
+        return await self._with_fallback(exchange, deployments, call)
+
+    async def open_stream(
+        self,
+        exchange: Exchange,
+        deployments: list[Deployment],
+        make_encoder: Callable[[], Encoder],
+    ) -> OpenStream:
+        """Open a stream and read up to its first bytes for the caller."""
+
+        async def call(deployment: Deployment) -> OpenStream:
+            payload, passthrough = self._payload(exchange, deployment)
+            response = await self._post(exchange, deployment, payload, stream=True)
+            if passthrough:
+                chunks = self._raw_chunks(response, deployment)
+            else:
+                chunks = self._translated_chunks(response, deployment, make_encoder())
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                response.close()
+                raise UpstreamUnavailable(
+                    f"{deployment.provider.name} closed the stream before sending anything.",
+                    provider=deployment.provider.name,
+                ) from None
+            except BaseException:
+                response.close()
+                raise
+            if passthrough and first.startswith(b"event: error"):
+                response.close()
+                self._raise_stream_error(first, deployment)
+            return OpenStream(deployment, first, chunks, response)
+
+        return await self._with_fallback(exchange, deployments, call)
+
+    def _raise_stream_error(self, chunk: bytes, deployment: Deployment) -> None:
+        parser = SSEParser()
+        for _name, data in parser.feed(chunk) + parser.close():
+            # The provider's own decoder turns its error event into the matching error.
+            deployment.provider.stream_decoder().feed(data)
+        raise UpstreamUnavailable(
+            f"{deployment.provider.name} sent an error event.", provider=deployment.provider.name
+        )
+
+    async def _raw_chunks(self, response: aiohttp.ClientResponse, deployment: Deployment) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _map_transport_error(exc, deployment, self.read_timeout) from exc
+
+    async def _translated_chunks(
+        self, response: aiohttp.ClientResponse, deployment: Deployment, encoder: Encoder
+    ) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        decoder = deployment.provider.stream_decoder()
+        try:
+            async for chunk in response.content.iter_any():
+                out = b""
+                for _name, data in parser.feed(chunk):
+                    for event in decoder.feed(data):
+                        out += encoder.encode(event)
+                if out:
+                    yield out
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _map_transport_error(exc, deployment, self.read_timeout) from exc
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise MalformedUpstreamResponse(
+                f"{deployment.provider.name} sent a stream event that could not be read: {exc}.",
+                provider=deployment.provider.name,
+            ) from exc
+        out = b""
+        for _name, data in parser.close():
+            for event in decoder.feed(data):
+                out += encoder.encode(event)
+        for event in decoder.close():
+            out += encoder.encode(event)
+        if out:
+            yield out
+
+
+def invalid_json(exc: orjson.JSONDecodeError) -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body is not valid JSON ({exc.msg} at position {exc.pos}). Send a JSON object."
+    )
