@@ -21,7 +21,12 @@ VIRTUAL_KEY = "sk-sf-test-0123456789abcdef"
 PROVIDER_KEY = "provider-test-key"
 
 # Never let a test reach a real provider because a developer has credentials set.
-for _variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"):
+for _variable in (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "AZURE_OPENAI_ENDPOINT",
+):
     os.environ.pop(_variable, None)
 
 
@@ -45,18 +50,28 @@ MODELS = {
 }
 
 
-def stack_config(openai_url: str, azure_url: str, anthropic_url: str, **overrides: Any) -> dict[str, Any]:
+def stack_config(
+    openai_url: str, azure_url: str, anthropic_url: str, **overrides: Any
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "server": {"access_log": False},
         "providers": {
-            "openai": {"type": "openai", "base_url": openai_url + "/v1", "api_key_env": "TEST_PROVIDER_KEY"},
+            "openai": {
+                "type": "openai",
+                "base_url": openai_url + "/v1",
+                "api_key_env": "TEST_PROVIDER_KEY",
+            },
             "azure": {
                 "type": "azure_openai",
                 "base_url": azure_url,
                 "api_version": "2024-10-21",
                 "api_key_env": "TEST_PROVIDER_KEY",
             },
-            "anthropic": {"type": "anthropic", "base_url": anthropic_url, "api_key_env": "TEST_PROVIDER_KEY"},
+            "anthropic": {
+                "type": "anthropic",
+                "base_url": anthropic_url,
+                "api_key_env": "TEST_PROVIDER_KEY",
+            },
         },
         "models": {
             **{public: [{"provider": p, "model": m}] for p, (public, m) in MODELS.items()},

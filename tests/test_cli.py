@@ -66,7 +66,9 @@ def up() -> Iterator[tuple[str, subprocess.Popen[str]]]:
 def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
     url, _ = up
     gpt = openai.OpenAI(base_url=url + "/v1", api_key=DEV_KEY, max_retries=0)
-    reply = gpt.chat.completions.create(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}])
+    reply = gpt.chat.completions.create(
+        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]
+    )
     content = reply.choices[0].message.content or ""
     assert content.startswith("Hello from claude-sonnet-4-5")
     assert content.endswith("You said: hi")
@@ -74,7 +76,9 @@ def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
     assert {"gpt-4o", "gpt-4o-mini", "azure-gpt-4o", "claude-sonnet-4-5"} <= models
 
     claude = anthropic.Anthropic(base_url=url, api_key=DEV_KEY, max_retries=0)
-    message = claude.messages.create(model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    message = claude.messages.create(
+        model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
     assert message.content[0].type == "text"
     assert message.content[0].text.endswith("You said: hi")
 
@@ -95,7 +99,13 @@ def test_gateway_command_with_config(tmp_path: Path) -> None:
     dead_port = _free_port()
     config = {
         "server": {"port": port},
-        "providers": {"local": {"type": "openai", "base_url": f"http://127.0.0.1:{dead_port}/v1", "api_key_env": "LOCAL_KEY"}},
+        "providers": {
+            "local": {
+                "type": "openai",
+                "base_url": f"http://127.0.0.1:{dead_port}/v1",
+                "api_key_env": "LOCAL_KEY",
+            }
+        },
         "models": {"m": [{"provider": "local", "model": "m"}]},
         "keys": [{"name": "k", "sha256": hash_key(DEV_KEY)}],
         "retry": {"attempts_per_deployment": 1},
@@ -103,11 +113,18 @@ def test_gateway_command_with_config(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**_clean_env(), "LOCAL_KEY": "not-a-real-key"}
-    process = subprocess.Popen([*SMARTFLOW, "gateway", "--config", str(path)], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*SMARTFLOW, "gateway", "--config", str(path)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for_port(port, process)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=DEV_KEY, max_retries=0)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=DEV_KEY, max_retries=0
+        )
         with pytest.raises(openai.APIStatusError) as caught:
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         assert caught.value.status_code == 502
@@ -120,18 +137,34 @@ def test_gateway_command_with_config(tmp_path: Path) -> None:
 
 def test_gateway_rejects_missing_credential(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"providers": {"p": {"type": "anthropic", "api_key_env": "NOT_SET_ANYWHERE"}}}))
-    result = subprocess.run([*SMARTFLOW, "gateway", "--config", str(path)], env=_clean_env(),
-                            capture_output=True, text=True, timeout=30)
+    path.write_text(
+        yaml.safe_dump(
+            {"providers": {"p": {"type": "anthropic", "api_key_env": "NOT_SET_ANYWHERE"}}}
+        )
+    )
+    result = subprocess.run(
+        [*SMARTFLOW, "gateway", "--config", str(path)],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "NOT_SET_ANYWHERE is not set" in result.stderr
 
 
 def test_config_with_inline_key_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"providers": {"p": {"type": "openai", "api_key": "sk-inline"}}}))
-    result = subprocess.run([*SMARTFLOW, "gateway", "--config", str(path)], env=_clean_env(),
-                            capture_output=True, text=True, timeout=30)
+    path.write_text(
+        yaml.safe_dump({"providers": {"p": {"type": "openai", "api_key": "sk-inline"}}})
+    )
+    result = subprocess.run(
+        [*SMARTFLOW, "gateway", "--config", str(path)],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "providers.p: 'api_key' is not allowed" in result.stderr
     assert "sk-inline" not in result.stderr
@@ -139,12 +172,23 @@ def test_config_with_inline_key_is_rejected(tmp_path: Path) -> None:
 
 def test_help_documents_every_option() -> None:
     for command in (["up"], ["gateway"]):
-        result = subprocess.run([*SMARTFLOW, *command, "--help"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [*SMARTFLOW, *command, "--help"], capture_output=True, text=True, timeout=30
+        )
         assert result.returncode == 0
-        for option in {"up": ["--host", "--port", "--dev-key", "--log-level"], "gateway": ["--config", "--host", "--port", "--log-level"]}[command[0]]:
+        for option in {
+            "up": ["--host", "--port", "--dev-key", "--log-level"],
+            "gateway": ["--config", "--host", "--port", "--log-level"],
+        }[command[0]]:
             assert option in result.stdout
 
 
 def test_keys_hash_matches_library() -> None:
-    result = subprocess.run([*SMARTFLOW, "keys", "hash"], input=DEV_KEY + "\n", capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [*SMARTFLOW, "keys", "hash"],
+        input=DEV_KEY + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.stdout.strip() == hash_key(DEV_KEY)

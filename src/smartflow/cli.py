@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one gateway instance. The configuration file is documented in "
         "docs/configuration.md.",
     )
-    gateway.add_argument("--config", required=True, metavar="FILE", help="path of the YAML configuration file")
+    gateway.add_argument(
+        "--config", required=True, metavar="FILE", help="path of the YAML configuration file"
+    )
     gateway.add_argument("--host", help="address to listen on (overrides server.host)")
     gateway.add_argument("--port", type=int, help="TCP port to listen on (overrides server.port)")
     _add_common(gateway)
@@ -61,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "AZURE_OPENAI_ENDPOINT) is unset is served by a local simulator on 127.0.0.1.",
     )
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    up.add_argument("--port", type=int, default=7775, help="TCP port of the gateway (default: 7775)")
+    up.add_argument(
+        "--port", type=int, default=7775, help="TCP port of the gateway (default: 7775)"
+    )
     up.add_argument(
         "--dev-key",
         default=os.environ.get("SMARTFLOW_DEV_KEY"),

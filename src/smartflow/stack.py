@@ -65,13 +65,16 @@ class LocalStack:
         if show_key:
             lines.append(f"Development virtual key: {self.dev_key}")
         else:
-            lines.append("Development virtual key: the one given with --dev-key or $SMARTFLOW_DEV_KEY")
+            lines.append(
+                "Development virtual key: the one given with --dev-key or $SMARTFLOW_DEV_KEY"
+            )
         lines.append("")
         lines.append("Try it:")
+        key = self.dev_key if show_key else "$SMARTFLOW_DEV_KEY"
+        body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
         lines.append(
-            f"  curl {self.gateway.url}/v1/chat/completions -H 'Authorization: Bearer "
-            f"{self.dev_key if show_key else '$SMARTFLOW_DEV_KEY'}' -H 'Content-Type: application/json' "
-            "-d '{\"model\": \"gpt-4o-mini\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
+            f"  curl {self.gateway.url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'"
         )
         return "\n".join(lines)
 
@@ -97,7 +100,9 @@ async def start_local_stack(
         sim_openai = OpenAISimulator(api_keys=[_SIMULATOR_KEY])
         url = await sim_openai.start()
         simulators["openai"] = (sim_openai, url)
-        providers["openai"] = OpenAIProvider("openai", api_key=Secret(_SIMULATOR_KEY), base_url=url + "/v1")
+        providers["openai"] = OpenAIProvider(
+            "openai", api_key=Secret(_SIMULATOR_KEY), base_url=url + "/v1"
+        )
 
     if env.get("AZURE_OPENAI_API_KEY") and env.get("AZURE_OPENAI_ENDPOINT"):
         provider_config["azure"] = {
@@ -122,7 +127,9 @@ async def start_local_stack(
         sim_anthropic = AnthropicSimulator(api_keys=[_SIMULATOR_KEY])
         url = await sim_anthropic.start()
         simulators["anthropic"] = (sim_anthropic, url)
-        providers["anthropic"] = AnthropicProvider("anthropic", api_key=Secret(_SIMULATOR_KEY), base_url=url)
+        providers["anthropic"] = AnthropicProvider(
+            "anthropic", api_key=Secret(_SIMULATOR_KEY), base_url=url
+        )
 
     # The real providers are declared in the config so that their credentials are
     # resolved the same way as in a configured gateway; simulated ones are injected.
@@ -131,9 +138,12 @@ async def start_local_stack(
             "server": {"host": host, "port": port},
             "providers": {
                 **provider_config,
-                **{name: {"type": p.kind, "base_url": "http://127.0.0.1", "api_version": "v1"}
-                   if p.kind == "azure_openai" else {"type": p.kind}
-                   for name, p in providers.items()},
+                **{
+                    name: {"type": p.kind, "base_url": "http://127.0.0.1", "api_version": "v1"}
+                    if p.kind == "azure_openai"
+                    else {"type": p.kind}
+                    for name, p in providers.items()
+                },
             },
             "models": {
                 model: [{"provider": p, "model": m} for p, m in deployments]

@@ -45,7 +45,12 @@ class Outcome:
 
 
 _OPENAI_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
-_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+_ANTHROPIC_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
 
 
 def openai_client(url: str) -> openai.AsyncOpenAI:
@@ -63,7 +68,9 @@ def openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"type": "function", "function": t} for t in tools]
 
 
-async def openai_chat(url: str, model: str, messages: list[dict[str, Any]], *, stream: bool, **params: Any) -> Outcome:
+async def openai_chat(
+    url: str, model: str, messages: list[dict[str, Any]], *, stream: bool, **params: Any
+) -> Outcome:
     client = openai_client(url)
     if not stream:
         response = await client.chat.completions.create(model=model, messages=messages, **params)
@@ -72,7 +79,8 @@ async def openai_chat(url: str, model: str, messages: list[dict[str, Any]], *, s
         return Outcome(
             text=choice.message.content or "",
             tool_calls=[
-                (c.id, c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []
+                (c.id, c.function.name, json.loads(c.function.arguments))
+                for c in choice.message.tool_calls or []
             ],
             finish=_OPENAI_FINISH[choice.finish_reason],
             input_tokens=response.usage.prompt_tokens,
@@ -81,7 +89,11 @@ async def openai_chat(url: str, model: str, messages: list[dict[str, Any]], *, s
     outcome = Outcome()
     calls: dict[int, list[str]] = {}
     chunks = await client.chat.completions.create(
-        model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **params
+        model=model,
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        **params,
     )
     async for chunk in chunks:
         if chunk.usage is not None:
@@ -100,7 +112,9 @@ async def openai_chat(url: str, model: str, messages: list[dict[str, Any]], *, s
                     entry[2] += call.function.arguments
             if choice.finish_reason:
                 outcome.finish = _OPENAI_FINISH[choice.finish_reason]
-    outcome.tool_calls = [(i, n, json.loads(a or "{}")) for i, n, a in (calls[k] for k in sorted(calls))]
+    outcome.tool_calls = [
+        (i, n, json.loads(a or "{}")) for i, n, a in (calls[k] for k in sorted(calls))
+    ]
     return outcome
 
 
@@ -108,7 +122,10 @@ async def openai_chat(url: str, model: str, messages: list[dict[str, Any]], *, s
 
 
 def anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": t["name"], "description": t["description"], "input_schema": t["parameters"]} for t in tools]
+    return [
+        {"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
+        for t in tools
+    ]
 
 
 async def anthropic_chat(

@@ -15,7 +15,11 @@ ANTHROPIC_PATH = "/v1/messages"
 
 GOOD = {
     OPENAI_PATH: {"model": "gpt-4o", "messages": [{"role": "user", "content": "ping"}]},
-    ANTHROPIC_PATH: {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "ping"}]},
+    ANTHROPIC_PATH: {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "ping"}],
+    },
 }
 
 
@@ -42,33 +46,141 @@ def _check_shape(path: str, body: dict[str, Any], expected_type: str) -> str:
 
 
 async def _still_serves(http: aiohttp.ClientSession, stack: Stack, path: str) -> None:
-    async with http.post(stack.url + path, data=orjson.dumps(GOOD[path]), headers=_headers(path)) as response:
+    async with http.post(
+        stack.url + path, data=orjson.dumps(GOOD[path]), headers=_headers(path)
+    ) as response:
         assert response.status == 200, await response.text()
 
 
 # (case id, path, raw body, status, openai type or anthropic type, text the message must contain)
 CASES = [
-    ("openai-malformed-json", OPENAI_PATH, b'{"model": "gpt-4o", "messages": [', 400, "invalid_request_error", "not valid JSON"),
+    (
+        "openai-malformed-json",
+        OPENAI_PATH,
+        b'{"model": "gpt-4o", "messages": [',
+        400,
+        "invalid_request_error",
+        "not valid JSON",
+    ),
     ("openai-not-object", OPENAI_PATH, b"[1, 2]", 400, "invalid_request_error", "JSON object"),
     ("openai-empty", OPENAI_PATH, b"", 400, "invalid_request_error", "empty"),
-    ("openai-missing-model", OPENAI_PATH, orjson.dumps({"messages": []}), 400, "invalid_request_error", "'model'"),
-    ("openai-missing-messages", OPENAI_PATH, orjson.dumps({"model": "gpt-4o"}), 400, "invalid_request_error", "'messages'"),
-    ("openai-messages-wrong-type", OPENAI_PATH, orjson.dumps({"model": "gpt-4o", "messages": "hi"}), 400, "invalid_request_error", "'messages'"),
-    ("openai-temperature-wrong-type", OPENAI_PATH, orjson.dumps({**GOOD[OPENAI_PATH], "temperature": "hot"}), 400, "invalid_request_error", "'temperature'"),
-    ("openai-role-invalid", OPENAI_PATH, orjson.dumps({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}), 400, "invalid_request_error", "messages[0].role"),
-    ("openai-unknown-model", OPENAI_PATH, orjson.dumps({**GOOD[OPENAI_PATH], "model": "gpt-unknown"}), 404, "invalid_request_error", "gpt-unknown"),
-    ("anthropic-malformed-json", ANTHROPIC_PATH, b'{"model": ', 400, "invalid_request_error", "not valid JSON"),
-    ("anthropic-missing-max-tokens", ANTHROPIC_PATH, orjson.dumps({"model": "claude-sonnet-4-5", "messages": []}), 400, "invalid_request_error", "max_tokens"),
-    ("anthropic-max-tokens-wrong-type", ANTHROPIC_PATH, orjson.dumps({**GOOD[ANTHROPIC_PATH], "max_tokens": "many"}), 400, "invalid_request_error", "'max_tokens'"),
-    ("anthropic-system-role", ANTHROPIC_PATH, orjson.dumps({**GOOD[ANTHROPIC_PATH], "messages": [{"role": "system", "content": "x"}]}), 400, "invalid_request_error", "messages[0].role"),
-    ("anthropic-block-wrong-type", ANTHROPIC_PATH, orjson.dumps({**GOOD[ANTHROPIC_PATH], "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}), 400, "invalid_request_error", "messages[0].content[0].text"),
-    ("anthropic-unknown-model", ANTHROPIC_PATH, orjson.dumps({**GOOD[ANTHROPIC_PATH], "model": "claude-unknown"}), 404, "not_found_error", "claude-unknown"),
+    (
+        "openai-missing-model",
+        OPENAI_PATH,
+        orjson.dumps({"messages": []}),
+        400,
+        "invalid_request_error",
+        "'model'",
+    ),
+    (
+        "openai-missing-messages",
+        OPENAI_PATH,
+        orjson.dumps({"model": "gpt-4o"}),
+        400,
+        "invalid_request_error",
+        "'messages'",
+    ),
+    (
+        "openai-messages-wrong-type",
+        OPENAI_PATH,
+        orjson.dumps({"model": "gpt-4o", "messages": "hi"}),
+        400,
+        "invalid_request_error",
+        "'messages'",
+    ),
+    (
+        "openai-temperature-wrong-type",
+        OPENAI_PATH,
+        orjson.dumps({**GOOD[OPENAI_PATH], "temperature": "hot"}),
+        400,
+        "invalid_request_error",
+        "'temperature'",
+    ),
+    (
+        "openai-role-invalid",
+        OPENAI_PATH,
+        orjson.dumps({"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}),
+        400,
+        "invalid_request_error",
+        "messages[0].role",
+    ),
+    (
+        "openai-unknown-model",
+        OPENAI_PATH,
+        orjson.dumps({**GOOD[OPENAI_PATH], "model": "gpt-unknown"}),
+        404,
+        "invalid_request_error",
+        "gpt-unknown",
+    ),
+    (
+        "anthropic-malformed-json",
+        ANTHROPIC_PATH,
+        b'{"model": ',
+        400,
+        "invalid_request_error",
+        "not valid JSON",
+    ),
+    (
+        "anthropic-missing-max-tokens",
+        ANTHROPIC_PATH,
+        orjson.dumps({"model": "claude-sonnet-4-5", "messages": []}),
+        400,
+        "invalid_request_error",
+        "max_tokens",
+    ),
+    (
+        "anthropic-max-tokens-wrong-type",
+        ANTHROPIC_PATH,
+        orjson.dumps({**GOOD[ANTHROPIC_PATH], "max_tokens": "many"}),
+        400,
+        "invalid_request_error",
+        "'max_tokens'",
+    ),
+    (
+        "anthropic-system-role",
+        ANTHROPIC_PATH,
+        orjson.dumps({**GOOD[ANTHROPIC_PATH], "messages": [{"role": "system", "content": "x"}]}),
+        400,
+        "invalid_request_error",
+        "messages[0].role",
+    ),
+    (
+        "anthropic-block-wrong-type",
+        ANTHROPIC_PATH,
+        orjson.dumps(
+            {
+                **GOOD[ANTHROPIC_PATH],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+            }
+        ),
+        400,
+        "invalid_request_error",
+        "messages[0].content[0].text",
+    ),
+    (
+        "anthropic-unknown-model",
+        ANTHROPIC_PATH,
+        orjson.dumps({**GOOD[ANTHROPIC_PATH], "model": "claude-unknown"}),
+        404,
+        "not_found_error",
+        "claude-unknown",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "raw", "status", "error_type", "mention"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("path", "raw", "status", "error_type", "mention"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
 async def test_bad_request_rejected(
-    stack: Stack, http: aiohttp.ClientSession, path: str, raw: bytes, status: int, error_type: str, mention: str
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    path: str,
+    raw: bytes,
+    status: int,
+    error_type: str,
+    mention: str,
 ) -> None:
     async with http.post(stack.url + path, data=raw, headers=_headers(path)) as response:
         assert response.status == status
@@ -79,9 +191,15 @@ async def test_bad_request_rejected(
 
 
 @pytest.mark.parametrize("path", [OPENAI_PATH, ANTHROPIC_PATH])
-@pytest.mark.parametrize("key", [None, "sk-sf-not-a-real-key", "plain-wrong"], ids=["missing", "unknown", "no-prefix"])
-async def test_bad_key_gets_401(stack: Stack, http: aiohttp.ClientSession, path: str, key: str | None) -> None:
-    async with http.post(stack.url + path, data=orjson.dumps(GOOD[path]), headers=_headers(path, key)) as response:
+@pytest.mark.parametrize(
+    "key", [None, "sk-sf-not-a-real-key", "plain-wrong"], ids=["missing", "unknown", "no-prefix"]
+)
+async def test_bad_key_gets_401(
+    stack: Stack, http: aiohttp.ClientSession, path: str, key: str | None
+) -> None:
+    async with http.post(
+        stack.url + path, data=orjson.dumps(GOOD[path]), headers=_headers(path, key)
+    ) as response:
         assert response.status == 401
         body = await response.json()
     expected = "authentication_error" if path == ANTHROPIC_PATH else "invalid_request_error"
@@ -96,7 +214,9 @@ async def test_oversize_body_gets_413(http: aiohttp.ClientSession, path: str) ->
     try:
         body = dict(GOOD[path])
         body["messages"] = [{"role": "user", "content": "x" * 10_000}]
-        async with http.post(stack.url + path, data=orjson.dumps(body), headers=_headers(path)) as response:
+        async with http.post(
+            stack.url + path, data=orjson.dumps(body), headers=_headers(path)
+        ) as response:
             assert response.status == 413
             payload = await response.json()
         expected = "request_too_large" if path == ANTHROPIC_PATH else "invalid_request_error"
@@ -111,7 +231,9 @@ async def test_provider_key_never_reaches_caller(stack: Stack, http: aiohttp.Cli
     from smartflow.sim.base import Fault
 
     stack.openai.faults.append(Fault(status=400, message="bad thing"))
-    async with http.post(stack.url + OPENAI_PATH, data=orjson.dumps(GOOD[OPENAI_PATH]), headers=_headers(OPENAI_PATH)) as response:
+    async with http.post(
+        stack.url + OPENAI_PATH, data=orjson.dumps(GOOD[OPENAI_PATH]), headers=_headers(OPENAI_PATH)
+    ) as response:
         text = await response.text()
         headers = dict(response.headers)
     assert response.status == 400

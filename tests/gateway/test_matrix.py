@@ -37,7 +37,9 @@ async def test_plain_text(stack: Stack, ingress: str, provider: str, stream: boo
         outcome = await openai_chat(stack.url, model, messages, stream=stream)
     else:
         messages = [{"role": "user", "content": PROMPT}]
-        outcome = await anthropic_chat(stack.url, model, messages, stream=stream, system="Be brief.")
+        outcome = await anthropic_chat(
+            stack.url, model, messages, stream=stream, system="Be brief."
+        )
 
     assert outcome.text.startswith("Hello from ")
     assert outcome.text.endswith(f"You said: {PROMPT}")
@@ -51,7 +53,9 @@ async def test_plain_text(stack: Stack, ingress: str, provider: str, stream: boo
 
 
 async def _tool_round_trip_openai(stack: Stack, model: str, stream: bool, parallel: bool) -> tuple:
-    prompt = "Call the weather tool for Paris" + (" and the time tool, in parallel" if parallel else "")
+    prompt = "Call the weather tool for Paris" + (
+        " and the time tool, in parallel" if parallel else ""
+    )
     tools = openai_tools([WEATHER_TOOL, TIME_TOOL])
     messages: list[dict] = [{"role": "user", "content": prompt}]
     first = await openai_chat(stack.url, model, messages, stream=stream, tools=tools)
@@ -71,15 +75,21 @@ async def _tool_round_trip_openai(stack: Stack, model: str, stream: bool, parall
     return first, second
 
 
-async def _tool_round_trip_anthropic(stack: Stack, model: str, stream: bool, parallel: bool) -> tuple:
-    prompt = "Call the weather tool for Paris" + (" and the time tool, in parallel" if parallel else "")
+async def _tool_round_trip_anthropic(
+    stack: Stack, model: str, stream: bool, parallel: bool
+) -> tuple:
+    prompt = "Call the weather tool for Paris" + (
+        " and the time tool, in parallel" if parallel else ""
+    )
     tools = anthropic_tools([WEATHER_TOOL, TIME_TOOL])
     messages: list[dict] = [{"role": "user", "content": prompt}]
     first = await anthropic_chat(stack.url, model, messages, stream=stream, tools=tools)
     messages.append(
         {
             "role": "assistant",
-            "content": [{"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in first.tool_calls],
+            "content": [
+                {"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in first.tool_calls
+            ],
         }
     )
     messages.append(
@@ -103,7 +113,9 @@ def _json(value: object) -> str:
 @pytest.mark.parametrize("stream", STREAMING, ids=_ids(STREAMING, "stream"))
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("ingress", INGRESSES)
-async def test_tool_round_trip(stack: Stack, ingress: str, provider: str, stream: bool, parallel: bool) -> None:
+async def test_tool_round_trip(
+    stack: Stack, ingress: str, provider: str, stream: bool, parallel: bool
+) -> None:
     model = MODELS[provider][0]
     run = _tool_round_trip_openai if ingress == "openai" else _tool_round_trip_anthropic
     first, second = await run(stack, model, stream, parallel)

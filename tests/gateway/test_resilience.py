@@ -20,7 +20,9 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 async def test_retry_after_429_then_success(stack: Stack) -> None:
     stack.openai.faults.append(Fault(status=429, retry_after=0.3, times=1))
-    response = await openai_client(stack.url).chat.completions.create(model="gpt-4o", messages=HELLO)
+    response = await openai_client(stack.url).chat.completions.create(
+        model="gpt-4o", messages=HELLO
+    )
     assert response.choices[0].message.content
     first, second = list(stack.openai.requests)[-2:]
     assert second.received_at - first.received_at >= 0.3
@@ -55,14 +57,18 @@ async def test_anthropic_529_maps_per_dialect(stack: Stack) -> None:
     assert caught.value.status_code == 529
     assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     with pytest.raises(openai.InternalServerError) as openai_caught:
-        await openai_client(stack.url).chat.completions.create(model="claude-sonnet-4-5", messages=HELLO)
+        await openai_client(stack.url).chat.completions.create(
+            model="claude-sonnet-4-5", messages=HELLO
+        )
     assert openai_caught.value.status_code == 503
 
 
 async def test_upstream_4xx_is_not_retried(stack: Stack) -> None:
     stack.openai.faults.append(Fault(status=400, message="bad parameter"))
     with pytest.raises(openai.BadRequestError) as caught:
-        await openai_client(stack.url).chat.completions.create(model="with-fallback", messages=HELLO)
+        await openai_client(stack.url).chat.completions.create(
+            model="with-fallback", messages=HELLO
+        )
     assert "bad parameter" in str(caught.value)
     assert len(stack.openai.requests) == 1
     assert len(stack.anthropic.requests) == 0
@@ -84,7 +90,9 @@ async def test_connection_refused_falls_back() -> None:
     stack = await start_stack()
     try:
         await stack.openai.stop()
-        response = await openai_client(stack.url).chat.completions.create(model="with-fallback", messages=HELLO)
+        response = await openai_client(stack.url).chat.completions.create(
+            model="with-fallback", messages=HELLO
+        )
         assert "claude-haiku-4-5" in (response.choices[0].message.content or "")
     finally:
         await stop_stack(stack)
@@ -93,7 +101,9 @@ async def test_connection_refused_falls_back() -> None:
 async def test_stream_not_retried_after_first_byte(stack: Stack) -> None:
     stack.openai.faults.append(Fault(disconnect_after=3))
     stream = await openai_client(stack.url).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "a somewhat longer prompt for chunks"}], stream=True
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "a somewhat longer prompt for chunks"}],
+        stream=True,
     )
     with pytest.raises(openai.APIError):
         async for _ in stream:
@@ -111,12 +121,19 @@ async def test_stream_retried_before_first_byte(stack: Stack) -> None:
     assert len(stack.anthropic.requests) == 2
 
 
-@pytest.mark.parametrize(("path", "model"), [("/v1/chat/completions", "gpt-4o"), ("/v1/messages", "claude-sonnet-4-5")])
+@pytest.mark.parametrize(
+    ("path", "model"), [("/v1/chat/completions", "gpt-4o"), ("/v1/messages", "claude-sonnet-4-5")]
+)
 async def test_client_disconnect_cancels_upstream(stack: Stack, path: str, model: str) -> None:
     sim = stack.openai if path.endswith("completions") else stack.anthropic
     # A pause longer than the 1 s budget: only cancelling on disconnect can meet it.
     sim.faults.append(Fault(chunk_delay=1.5))
-    body = {"model": model, "max_tokens": 500, "stream": True, "messages": [{"role": "user", "content": "tell me a long story " * 20}]}
+    body = {
+        "model": model,
+        "max_tokens": 500,
+        "stream": True,
+        "messages": [{"role": "user", "content": "tell me a long story " * 20}],
+    }
     headers = {"Authorization": f"Bearer {VIRTUAL_KEY}", "anthropic-version": "2023-06-01"}
     async with aiohttp.ClientSession() as http:
         response = await http.post(stack.url + path, data=orjson.dumps(body), headers=headers)

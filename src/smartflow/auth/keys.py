@@ -61,7 +61,9 @@ class KeyStore:
             )
         caller = self._by_hash.get(hash_key(key))
         if caller is None:
-            hint = "" if key.startswith(KEY_PREFIX) else " Smartflow virtual keys start with sk-sf-."
+            hint = (
+                "" if key.startswith(KEY_PREFIX) else " Smartflow virtual keys start with sk-sf-."
+            )
             raise AuthenticationError(
                 f"Invalid API key: no virtual key matches it.{hint} Check the key, or ask an "
                 "administrator for one."

@@ -76,7 +76,9 @@ class ProviderSettings(_Strict):
             if not self.base_url:
                 raise ValueError("'base_url' is required for azure_openai: the resource URL")
             if not self.api_version:
-                raise ValueError("'api_version' is required for azure_openai, e.g. 2024-10-21 or v1")
+                raise ValueError(
+                    "'api_version' is required for azure_openai, e.g. 2024-10-21 or v1"
+                )
         return self
 
 

@@ -71,5 +71,11 @@ class StreamEnd:
 
 
 StreamEvent = (
-    StreamStart | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | UsageUpdate | StreamEnd
+    StreamStart
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | UsageUpdate
+    | StreamEnd
 )

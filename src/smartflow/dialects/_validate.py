@@ -32,7 +32,9 @@ def type_name(value: Any) -> str:
 
 
 def _wrong(path: str, expected: str, value: Any) -> InvalidRequest:
-    return InvalidRequest(f"Invalid type for '{path}': expected {expected}, got {type_name(value)}.", param=path)
+    return InvalidRequest(
+        f"Invalid type for '{path}': expected {expected}, got {type_name(value)}.", param=path
+    )
 
 
 def expect_dict(value: Any, path: str) -> dict[str, Any]:

@@ -41,13 +41,18 @@ def build_app(
         model: [Deployment(model, adapters[d.provider], d.model) for d in deployments]
         for model, deployments in config.models.items()
     }
-    owners = {model: adapters[deployments[0].provider].kind for model, deployments in config.models.items()}
+    owners = {
+        model: adapters[deployments[0].provider].kind
+        for model, deployments in config.models.items()
+    }
     keys = KeyStore((k.sha256, Caller(k.name, k.team, k.user)) for k in config.keys)
     if not len(keys):
         logger.warning("no virtual keys are configured: every request will get 401")
 
     app = web.Application(client_max_size=config.server.max_body_bytes)
-    http = HTTPSettings(connect_timeout=config.timeouts.connect_s, read_timeout=config.timeouts.read_s)
+    http = HTTPSettings(
+        connect_timeout=config.timeouts.connect_s, read_timeout=config.timeouts.read_s
+    )
 
     async def session_context(app: web.Application):  # type: ignore[no-untyped-def]
         session = create_session(http)

@@ -74,7 +74,9 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def list_models(self, request: web.Request) -> web.Response:
-        anthropic = "anthropic-version" in request.headers and "Authorization" not in request.headers
+        anthropic = (
+            "anthropic-version" in request.headers and "Authorization" not in request.headers
+        )
         ingress = ANTHROPIC if anthropic else OPENAI
         request_id = _new_request_id()
         try:
@@ -85,7 +87,12 @@ class Gateway:
         if anthropic:
             data: dict[str, Any] = {
                 "data": [
-                    {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+                    {
+                        "type": "model",
+                        "id": m,
+                        "display_name": m,
+                        "created_at": "1970-01-01T00:00:00Z",
+                    }
                     for m in models
                 ],
                 "has_more": False,
@@ -96,11 +103,20 @@ class Gateway:
             data = {
                 "object": "list",
                 "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": self.owners.get(m, "smartflow")}
+                    {
+                        "id": m,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": self.owners.get(m, "smartflow"),
+                    }
                     for m in models
                 ],
             }
-        return web.Response(body=orjson.dumps(data), content_type=_JSON, headers={ingress.request_id_header: request_id})
+        return web.Response(
+            body=orjson.dumps(data),
+            content_type=_JSON,
+            headers={ingress.request_id_header: request_id},
+        )
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """Count input tokens: Anthropic deployments answer themselves, others get an estimate."""
@@ -122,7 +138,9 @@ class Gateway:
                     data = await upstream.read()
                     if upstream.status >= 400:
                         raise provider.parse_error(upstream.status, data, upstream.headers)
-                return web.Response(body=data, content_type=_JSON, headers={"request-id": request_id})
+                return web.Response(
+                    body=data, content_type=_JSON, headers={"request-id": request_id}
+                )
             estimate = {"input_tokens": _estimate_tokens(canonical)}
             return web.Response(
                 body=orjson.dumps(estimate),
@@ -152,7 +170,9 @@ class Gateway:
                 served = response.headers.get("x-smartflow-deployment", "-")
                 status = response.status
                 return response
-            payload, deployment = await self.dispatcher.complete(exchange, deployments, ingress.render_response)
+            payload, deployment = await self.dispatcher.complete(
+                exchange, deployments, ingress.render_response
+            )
             served = deployment.label
             status = 200
             return web.Response(
@@ -167,7 +187,7 @@ class Gateway:
             status = 499
             logger.info("request %s: client disconnected; upstream request cancelled", request_id)
             raise
-        except Exception:  # noqa: BLE001 - the boundary of a request: report, never crash
+        except Exception:
             logger.exception("request %s: unexpected error", request_id)
             return self._error_response(
                 ingress, InternalError("The gateway failed to process the request."), request_id
@@ -254,7 +274,9 @@ class Gateway:
             raise InvalidRequest("The request body must be a JSON object.")
         return body
 
-    def _error_response(self, ingress: Ingress, error: SmartflowError, request_id: str) -> web.Response:
+    def _error_response(
+        self, ingress: Ingress, error: SmartflowError, request_id: str
+    ) -> web.Response:
         logger.log(error.log_level, "request %s: %s (%s)", request_id, error.message, error.code)
         status, body, headers = ingress.render_error(error)
         headers[ingress.request_id_header] = request_id
@@ -282,5 +304,7 @@ def _estimate_tokens(request: ChatRequest) -> int:
         for call in message.tool_calls:
             characters += len(call.name) + len(call.arguments)
     for tool in request.tools:
-        characters += len(tool.name) + len(tool.description or "") + len(orjson.dumps(tool.parameters))
+        characters += (
+            len(tool.name) + len(tool.description or "") + len(orjson.dumps(tool.parameters))
+        )
     return math.ceil(characters / 4) + 4 * len(request.messages) + 1500 * images

@@ -22,7 +22,6 @@ import orjson
 
 from smartflow.config.schema import RetrySettings
 from smartflow.core.errors import (
-    InvalidRequest,
     MalformedUpstreamResponse,
     SmartflowError,
     UpstreamError,
@@ -32,7 +31,6 @@ from smartflow.core.errors import (
 from smartflow.core.stream import StreamEvent
 from smartflow.core.types import ChatRequest
 from smartflow.providers.base import Deployment
-from smartflow.transport.sse import SSEParser
 
 __all__ = ["Attempt", "Dispatcher", "Encoder", "OpenStream"]
 
@@ -83,7 +81,9 @@ class OpenStream:
         self.response.close()
 
 
-def _map_transport_error(exc: BaseException, deployment: Deployment, read_timeout: float) -> UpstreamError:
+def _map_transport_error(
+    exc: BaseException, deployment: Deployment, read_timeout: float
+) -> UpstreamError:
     provider = deployment.provider.name
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(
@@ -91,7 +91,8 @@ def _map_transport_error(exc: BaseException, deployment: Deployment, read_timeou
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailable(
-            f"Cannot connect to {provider} at {exc.host}:{exc.port}: {exc.os_error}.", provider=provider
+            f"Cannot connect to {provider} at {exc.host}:{exc.port}: {exc.os_error}.",
+            provider=provider,
         )
     return UpstreamUnavailable(
         f"The connection to {provider} failed: {type(exc).__name__}.", provider=provider
@@ -132,7 +133,9 @@ class Dispatcher:
                         raise
                     last_error = exc
                     has_next = position + 1 < len(deployments)
-                    wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                    wait = (
+                        exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                    )
                     if attempt + 1 >= tries or wait > self.retry.max_retry_after_s:
                         if has_next:
                             logger.warning(
@@ -167,22 +170,26 @@ class Dispatcher:
         self, exchange: Exchange, deployment: Deployment, payload: bytes, *, stream: bool
     ) -> aiohttp.ClientResponse:
         provider = deployment.provider
-        target = provider.chat_target(deployment.model, stream=stream, client_headers=exchange.client_headers)
+        target = provider.chat_target(
+            deployment.model, stream=stream, client_headers=exchange.client_headers
+        )
         try:
             response = await self.session.post(target.url, data=payload, headers=target.headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_transport_error(exc, deployment, self.read_timeout) from exc
         if response.status >= 400:
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 response.close()
                 raise _map_transport_error(exc, deployment, self.read_timeout) from exc
             response.release()
             raise provider.parse_error(response.status, body, response.headers)
         return response
 
-    async def complete(self, exchange: Exchange, deployments: list[Deployment], render: Callable[[Any], bytes]) -> tuple[bytes, Deployment]:
+    async def complete(
+        self, exchange: Exchange, deployments: list[Deployment], render: Callable[[Any], bytes]
+    ) -> tuple[bytes, Deployment]:
         """Return the caller's response body and the deployment that served it.
 
         ``render`` turns a canonical response into the caller's dialect; a pass-through
@@ -194,7 +201,7 @@ class Dispatcher:
             response = await self._post(exchange, deployment, payload, stream=False)
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _map_transport_error(exc, deployment, self.read_timeout) from exc
             finally:
                 response.release()
@@ -245,35 +252,37 @@ class Dispatcher:
         return await self._with_fallback(exchange, deployments, call)
 
     def _raise_stream_error(self, chunk: bytes, deployment: Deployment) -> None:
-        parser = SSEParser()
-        for _name, data in parser.feed(chunk) + parser.close():
+        parser = deployment.provider.frame_parser()
+        for name, data in parser.feed(chunk) + parser.close():
             # The provider's own decoder turns its error event into the matching error.
-            deployment.provider.stream_decoder().feed(data)
+            deployment.provider.stream_decoder().feed(data, name)
         raise UpstreamUnavailable(
             f"{deployment.provider.name} sent an error event.", provider=deployment.provider.name
         )
 
-    async def _raw_chunks(self, response: aiohttp.ClientResponse, deployment: Deployment) -> AsyncIterator[bytes]:
+    async def _raw_chunks(
+        self, response: aiohttp.ClientResponse, deployment: Deployment
+    ) -> AsyncIterator[bytes]:
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_transport_error(exc, deployment, self.read_timeout) from exc
 
     async def _translated_chunks(
         self, response: aiohttp.ClientResponse, deployment: Deployment, encoder: Encoder
     ) -> AsyncIterator[bytes]:
-        parser = SSEParser()
+        parser = deployment.provider.frame_parser()
         decoder = deployment.provider.stream_decoder()
         try:
             async for chunk in response.content.iter_any():
                 out = b""
-                for _name, data in parser.feed(chunk):
-                    for event in decoder.feed(data):
+                for name, data in parser.feed(chunk):
+                    for event in decoder.feed(data, name):
                         out += encoder.encode(event)
                 if out:
                     yield out
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_transport_error(exc, deployment, self.read_timeout) from exc
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise MalformedUpstreamResponse(
@@ -281,16 +290,10 @@ class Dispatcher:
                 provider=deployment.provider.name,
             ) from exc
         out = b""
-        for _name, data in parser.close():
-            for event in decoder.feed(data):
+        for name, data in parser.close():
+            for event in decoder.feed(data, name):
                 out += encoder.encode(event)
         for event in decoder.close():
             out += encoder.encode(event)
         if out:
             yield out
-
-
-def invalid_json(exc: orjson.JSONDecodeError) -> InvalidRequest:
-    return InvalidRequest(
-        f"The request body is not valid JSON ({exc.msg} at position {exc.pos}). Send a JSON object."
-    )

@@ -10,7 +10,7 @@ from smartflow.core.errors import UpstreamError
 from smartflow.core.stream import StreamEvent
 from smartflow.core.types import ChatRequest, ChatResponse
 
-__all__ = ["Deployment", "Provider", "Secret", "StreamDecoder", "Target"]
+__all__ = ["Deployment", "FrameParser", "Provider", "Secret", "StreamDecoder", "Target"]
 
 
 class Secret:
@@ -39,9 +39,24 @@ class Target:
 
 
 class StreamDecoder(Protocol):
-    def feed(self, data: str) -> list[StreamEvent]: ...
+    """Turns one upstream stream event (its name, if the framing has one, and its
+    payload text) into canonical events; ``close`` checks the stream ended properly."""
+
+    def feed(self, data: str, event: str | None = None) -> list[StreamEvent]: ...
 
     def close(self) -> list[StreamEvent]: ...
+
+
+class FrameParser(Protocol):
+    """Splits a response byte stream into (event name, payload text) pairs.
+
+    Server-sent events by default; a provider with another framing (such as AWS
+    event streams) supplies its own through ``Provider.frame_parser``.
+    """
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]: ...
+
+    def close(self) -> list[tuple[str | None, str]]: ...
 
 
 class Provider(Protocol):
@@ -55,7 +70,9 @@ class Provider(Protocol):
     kind: str
     dialect: str | None
 
-    def chat_target(self, model: str, *, stream: bool, client_headers: Mapping[str, str]) -> Target: ...
+    def chat_target(
+        self, model: str, *, stream: bool, client_headers: Mapping[str, str]
+    ) -> Target: ...
 
     def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]: ...
 
@@ -65,7 +82,11 @@ class Provider(Protocol):
 
     def stream_decoder(self) -> StreamDecoder: ...
 
-    def parse_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError: ...
+    def frame_parser(self) -> FrameParser: ...
+
+    def parse_error(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamError: ...
 
 
 @dataclass(slots=True, frozen=True)

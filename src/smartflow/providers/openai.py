@@ -10,6 +10,7 @@ from smartflow.core.errors import UpstreamError
 from smartflow.core.types import ChatRequest, ChatResponse
 from smartflow.dialects.openai import errors, requests, responses, streaming
 from smartflow.providers.base import Secret, Target
+from smartflow.transport.sse import SSEParser
 
 __all__ = ["AzureOpenAIProvider", "OpenAIProvider"]
 
@@ -48,6 +49,9 @@ class OpenAIProvider:
 
     def stream_decoder(self) -> streaming.StreamDecoder:
         return streaming.StreamDecoder(self.name)
+
+    def frame_parser(self) -> SSEParser:
+        return SSEParser()
 
     def parse_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return errors.parse_upstream_error(status, body, headers, provider=self.name)

@@ -134,7 +134,9 @@ class Simulator:
         return entry
 
     def mark_cancelled(self, entry: RecordedRequest, reason: str) -> None:
-        self.cancelled.append({"request_id": entry.id, "path": entry.path, "at": time.time(), "reason": reason})
+        self.cancelled.append(
+            {"request_id": entry.id, "path": entry.path, "at": time.time(), "reason": reason}
+        )
         logger.info("%s: client went away during request %s (%s)", self.name, entry.id, reason)
 
     async def apply_fault_before_response(self, fault: Fault | None) -> web.Response | None:
@@ -164,7 +166,11 @@ class Simulator:
         delay = fault.chunk_delay if fault and fault.chunk_delay is not None else self.chunk_delay
         try:
             for number, event in enumerate(events):
-                if fault and fault.disconnect_after is not None and number >= fault.disconnect_after:
+                if (
+                    fault
+                    and fault.disconnect_after is not None
+                    and number >= fault.disconnect_after
+                ):
                     assert request.transport is not None
                     request.transport.close()
                     return

@@ -84,7 +84,7 @@ def arguments_for_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _value_for(schema: dict[str, Any]) -> Any:
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     kind = schema.get("type")
     if isinstance(kind, list):
@@ -128,7 +128,9 @@ def reply(sim_input: SimInput, *, id_prefix: str, call_offset: int = 0) -> SimRe
         for number, name in enumerate(chosen):
             arguments = arguments_for_schema(schemas.get(name, {}))
             result.tool_calls.append(
-                SimToolCall(id=f"{id_prefix}{call_offset + number:04d}", name=name, arguments=arguments)
+                SimToolCall(
+                    id=f"{id_prefix}{call_offset + number:04d}", name=name, arguments=arguments
+                )
             )
         result.finish = "tool_calls"
         result.output_tokens = sum(

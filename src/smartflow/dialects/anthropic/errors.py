@@ -70,7 +70,11 @@ def parse_error_object(
         status = _STATUS_OF_TYPE.get(kind, 500)
     message = obj.get("message") or f"Upstream returned HTTP {status}."
     return upstream_error(
-        status, f"{provider} error: {message}", provider=provider, retry_after=retry_after, upstream_type=kind
+        status,
+        f"{provider} error: {message}",
+        provider=provider,
+        retry_after=retry_after,
+        upstream_type=kind,
     )
 
 

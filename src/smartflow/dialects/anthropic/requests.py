@@ -205,7 +205,9 @@ def _parse_sampling(body: dict[str, Any]) -> Sampling:
     if thinking is not None:
         thinking = expect_dict(thinking, "thinking")
         if thinking.get("type") == "enabled":
-            s.thinking_budget = expect_int(thinking.get("budget_tokens"), "thinking.budget_tokens", minimum=1)
+            s.thinking_budget = expect_int(
+                thinking.get("budget_tokens"), "thinking.budget_tokens", minimum=1
+            )
     output_config = body.get("output_config")
     if isinstance(output_config, dict) and output_config.get("effort") is not None:
         s.reasoning_effort = expect_str(output_config["effort"], "output_config.effort")
@@ -224,14 +226,18 @@ def _parse_output_format(body: dict[str, Any]) -> ResponseFormat | None:
             "Invalid value for 'output_config.format.type': use 'json_schema'.",
             param="output_config.format.type",
         )
-    return ResponseFormat("json_schema", schema=expect_dict(fmt.get("schema"), "output_config.format.schema"))
+    return ResponseFormat(
+        "json_schema", schema=expect_dict(fmt.get("schema"), "output_config.format.schema")
+    )
 
 
 def parse_request(body: dict[str, Any]) -> ChatRequest:
     """Validate an Anthropic Messages body and convert it; errors name the field."""
     for name in ("model", "max_tokens", "messages"):
         if body.get(name) is None:
-            raise InvalidRequest(f"{name}: Field required. Add '{name}' to the request body.", param=name)
+            raise InvalidRequest(
+                f"{name}: Field required. Add '{name}' to the request body.", param=name
+            )
     model = expect_str(body["model"], "model")
     raw_messages = expect_list(body["messages"], "messages")
     messages: list[Message] = []
@@ -323,7 +329,12 @@ def _render_messages(request: ChatRequest) -> list[dict[str, Any]]:
             for i, call in enumerate(message.tool_calls):
                 path = f"messages[{number}].tool_calls[{i}].function.arguments"
                 blocks.append(
-                    {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call, path)}
+                    {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": _tool_input(call, path),
+                    }
                 )
         else:
             role = "user"
@@ -378,8 +389,8 @@ def _render_tool(tool: Tool, index: int) -> dict[str, Any]:
     if tool.builtin is not None:
         if tool.builtin_dialect != "anthropic":
             raise InvalidRequest(
-                f"Tool 'tools[{index}]' is a built-in tool of the {tool.builtin_dialect} API, which "
-                "an Anthropic model cannot run. Remove it or route to that provider.",
+                f"Tool 'tools[{index}]' is a built-in tool of the {tool.builtin_dialect} "
+                "API, which an Anthropic model cannot run. Remove it or route to that provider.",
                 param=f"tools[{index}]",
             )
         return tool.builtin

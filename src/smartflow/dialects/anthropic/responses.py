@@ -8,7 +8,14 @@ from typing import Any
 import orjson
 
 from smartflow.core.errors import MalformedUpstreamResponse
-from smartflow.core.types import ChatResponse, FinishReason, ReasoningPart, TextPart, ToolCall, Usage
+from smartflow.core.types import (
+    ChatResponse,
+    FinishReason,
+    ReasoningPart,
+    TextPart,
+    ToolCall,
+    Usage,
+)
 
 __all__ = [
     "STOP_FROM_ANTHROPIC",
@@ -64,7 +71,9 @@ def parse_usage(raw: dict[str, Any] | None, previous: Usage | None = None) -> Us
 
 def render_usage(usage: Usage) -> dict[str, Any]:
     return {
-        "input_tokens": max(usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens, 0),
+        "input_tokens": max(
+            usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens, 0
+        ),
         "output_tokens": usage.output_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_input_tokens,
@@ -87,7 +96,9 @@ def parse_response(body: dict[str, Any], *, provider: str = "anthropic") -> Chat
         if kind == "text":
             response.content.append(TextPart(block.get("text") or ""))
         elif kind == "thinking":
-            response.content.append(ReasoningPart(block.get("thinking") or "", signature=block.get("signature")))
+            response.content.append(
+                ReasoningPart(block.get("thinking") or "", signature=block.get("signature"))
+            )
         elif kind == "redacted_thinking":
             response.content.append(ReasoningPart("", redacted_data=block.get("data")))
         elif kind == "tool_use":
@@ -121,11 +132,20 @@ def render_response(response: ChatResponse) -> bytes:
             if part.redacted_data is not None:
                 content.append({"type": "redacted_thinking", "data": part.redacted_data})
             else:
-                content.append({"type": "thinking", "thinking": part.text, "signature": part.signature or ""})
+                content.append(
+                    {"type": "thinking", "thinking": part.text, "signature": part.signature or ""}
+                )
         elif isinstance(part, TextPart) and part.text:
             content.append({"type": "text", "text": part.text})
     for call in response.tool_calls:
-        content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call.arguments)})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.name,
+                "input": _tool_input(call.arguments),
+            }
+        )
     body = {
         "id": message_id(response.id),
         "type": "message",

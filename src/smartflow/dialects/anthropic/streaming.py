@@ -41,7 +41,7 @@ class StreamDecoder:
         self._stop_sequence: str | None = None
         self._ended = False
 
-    def feed(self, data: str) -> list[StreamEvent]:
+    def feed(self, data: str, event: str | None = None) -> list[StreamEvent]:
         event = orjson.loads(data)
         kind = event.get("type")
         if kind == "content_block_delta":
@@ -52,7 +52,9 @@ class StreamDecoder:
             message = event.get("message") or {}
             self._usage = parse_usage(message.get("usage"))
             return [
-                StreamStart(id=message.get("id") or "", model=message.get("model") or "", usage=self._usage)
+                StreamStart(
+                    id=message.get("id") or "", model=message.get("model") or "", usage=self._usage
+                )
             ]
         if kind == "message_delta":
             delta = event.get("delta") or {}
@@ -74,7 +76,9 @@ class StreamDecoder:
         if kind == "tool_use":
             index = len(self._tool_by_block)
             self._tool_by_block[event.get("index", 0)] = index
-            return [ToolCallStart(index=index, id=block.get("id") or "", name=block.get("name") or "")]
+            return [
+                ToolCallStart(index=index, id=block.get("id") or "", name=block.get("name") or "")
+            ]
         if kind == "text" and block.get("text"):
             return [TextDelta(block["text"])]
         if kind == "thinking" and block.get("thinking"):
@@ -90,7 +94,8 @@ class StreamDecoder:
             index = self._tool_by_block.get(event.get("index", 0))
             if index is None:
                 raise MalformedUpstreamResponse(
-                    "Upstream sent tool input for a block that is not a tool call.", provider=self.provider
+                    "Upstream sent tool input for a block that is not a tool call.",
+                    provider=self.provider,
                 )
             partial = delta.get("partial_json") or ""
             return [ToolCallDelta(index=index, arguments=partial)] if partial else []
@@ -129,7 +134,9 @@ class StreamEncoder:
     def _close_block(self) -> bytes:
         if self._open is None:
             return b""
-        out = _event("content_block_stop", {"type": "content_block_stop", "index": self._next_block - 1})
+        out = _event(
+            "content_block_stop", {"type": "content_block_stop", "index": self._next_block - 1}
+        )
         self._open = None
         self._open_tool = None
         return out
@@ -152,7 +159,11 @@ class StreamEncoder:
 
     def encode(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):
-            out = b"" if self._open == "text" else self._open_block("text", {"type": "text", "text": ""})
+            out = (
+                b""
+                if self._open == "text"
+                else self._open_block("text", {"type": "text", "text": ""})
+            )
             return out + self._delta({"type": "text_delta", "text": event.text})
         if isinstance(event, ToolCallDelta):
             if self._open_tool != event.index:
@@ -169,8 +180,12 @@ class StreamEncoder:
             self._open_tool = event.index
             return out
         if isinstance(event, ReasoningDelta):
-            out = b"" if self._open == "thinking" else self._open_block(
-                "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+            out = (
+                b""
+                if self._open == "thinking"
+                else self._open_block(
+                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                )
             )
             if event.text:
                 out += self._delta({"type": "thinking_delta", "thinking": event.text})

@@ -38,7 +38,9 @@ def error_body(error: SmartflowError) -> dict[str, Any]:
     return {
         "error": {
             "message": error.message,
-            "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "type": _TYPES.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            ),
             "param": error.param,
             "code": _CODES.get(error.code, error.code),
         }

@@ -84,7 +84,9 @@ def _parse_tool_calls(value: Any, path: str) -> list[ToolCall]:
             ToolCall(
                 id=expect_str(item.get("id"), f"{path}[{i}].id"),
                 name=expect_str(function.get("name"), f"{path}[{i}].function.name"),
-                arguments=expect_str(function.get("arguments", "{}"), f"{path}[{i}].function.arguments"),
+                arguments=expect_str(
+                    function.get("arguments", "{}"), f"{path}[{i}].function.arguments"
+                ),
             )
         )
     return calls
@@ -95,7 +97,9 @@ def _parse_message(raw: Any, path: str) -> Message:
     role = item.get("role")
     if role not in _ROLES:
         if role is None:
-            raise InvalidRequest(f"Missing required parameter: '{path}.role'.", param=f"{path}.role")
+            raise InvalidRequest(
+                f"Missing required parameter: '{path}.role'.", param=f"{path}.role"
+            )
         raise InvalidRequest(
             f"Invalid value for '{path}.role': {role!r}. Use one of: system, developer, user, "
             "assistant, tool.",
@@ -104,7 +108,9 @@ def _parse_message(raw: Any, path: str) -> Message:
     if role == "developer":
         role = "system"
     if role != "assistant" and "content" not in item:
-        raise InvalidRequest(f"Missing required parameter: '{path}.content'.", param=f"{path}.content")
+        raise InvalidRequest(
+            f"Missing required parameter: '{path}.content'.", param=f"{path}.content"
+        )
     message = Message(role=role, content=_parse_parts(item.get("content"), f"{path}.content"))
     if role == "assistant":
         if item.get("tool_calls"):
@@ -284,7 +290,11 @@ def _render_message(message: Message) -> dict[str, Any]:
         out["content"] = _render_content(visible) if visible else None
         if message.tool_calls:
             out["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in message.tool_calls
             ]
         return out
@@ -319,7 +329,9 @@ def build_request(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
     if request.tool_choice is not None:
         choice = request.tool_choice
         body["tool_choice"] = (
-            {"type": "function", "function": {"name": choice.name}} if choice.mode == "tool" else choice.mode
+            {"type": "function", "function": {"name": choice.name}}
+            if choice.mode == "tool"
+            else choice.mode
         )
     fmt = request.response_format
     if fmt is not None:
@@ -342,8 +354,8 @@ def _render_tool(tool: Tool, index: int) -> dict[str, Any]:
     if tool.builtin is not None:
         if tool.builtin_dialect != "openai":
             raise InvalidRequest(
-                f"Tool 'tools[{index}]' is a built-in tool of the {tool.builtin_dialect} API, which "
-                "an OpenAI model cannot run. Remove it or route to that provider.",
+                f"Tool 'tools[{index}]' is a built-in tool of the {tool.builtin_dialect} "
+                "API, which an OpenAI model cannot run. Remove it or route to that provider.",
                 param=f"tools[{index}]",
             )
         return tool.builtin

@@ -8,9 +8,23 @@ from typing import Any
 import orjson
 
 from smartflow.core.errors import MalformedUpstreamResponse
-from smartflow.core.types import ChatResponse, FinishReason, ReasoningPart, TextPart, ToolCall, Usage
+from smartflow.core.types import (
+    ChatResponse,
+    FinishReason,
+    ReasoningPart,
+    TextPart,
+    ToolCall,
+    Usage,
+)
 
-__all__ = ["FINISH_FROM_OPENAI", "FINISH_TO_OPENAI", "parse_response", "parse_usage", "render_response", "render_usage"]
+__all__ = [
+    "FINISH_FROM_OPENAI",
+    "FINISH_TO_OPENAI",
+    "parse_response",
+    "parse_usage",
+    "render_response",
+    "render_usage",
+]
 
 FINISH_FROM_OPENAI: dict[str, FinishReason] = {
     "stop": "stop",
@@ -80,7 +94,11 @@ def parse_response(body: dict[str, Any], *, provider: str = "openai") -> ChatRes
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         response.tool_calls.append(
-            ToolCall(id=call.get("id") or "", name=function.get("name") or "", arguments=function.get("arguments") or "")
+            ToolCall(
+                id=call.get("id") or "",
+                name=function.get("name") or "",
+                arguments=function.get("arguments") or "",
+            )
         )
     return response
 

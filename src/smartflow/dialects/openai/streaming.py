@@ -20,7 +20,12 @@ from smartflow.core.stream import (
 )
 from smartflow.core.types import FinishReason, Usage
 from smartflow.dialects.openai.errors import error_body, parse_error_object
-from smartflow.dialects.openai.responses import FINISH_FROM_OPENAI, FINISH_TO_OPENAI, parse_usage, render_usage
+from smartflow.dialects.openai.responses import (
+    FINISH_FROM_OPENAI,
+    FINISH_TO_OPENAI,
+    parse_usage,
+    render_usage,
+)
 
 __all__ = ["StreamDecoder", "StreamEncoder"]
 
@@ -38,19 +43,25 @@ class StreamDecoder:
         self._usage: Usage | None = None
         self._ended = False
 
-    def feed(self, data: str) -> list[StreamEvent]:
+    def feed(self, data: str, event: str | None = None) -> list[StreamEvent]:
         if data == "[DONE]":
             return self._end()
         chunk = orjson.loads(data)
         if not isinstance(chunk, dict):
-            raise MalformedUpstreamResponse("Upstream stream chunk is not an object.", provider=self.provider)
+            raise MalformedUpstreamResponse(
+                "Upstream stream chunk is not an object.", provider=self.provider
+            )
         if chunk.get("error"):
             raise parse_error_object(chunk["error"], status=500, provider=self.provider)
         events: list[StreamEvent] = []
         if not self._started:
             self._started = True
             events.append(
-                StreamStart(id=chunk.get("id") or "", model=chunk.get("model") or "", created=chunk.get("created") or 0)
+                StreamStart(
+                    id=chunk.get("id") or "",
+                    model=chunk.get("model") or "",
+                    created=chunk.get("created") or 0,
+                )
             )
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
@@ -80,7 +91,9 @@ class StreamDecoder:
         if index is None:
             index = len(self._tool_indexes)
             self._tool_indexes[upstream_index] = index
-            events.append(ToolCallStart(index=index, id=call.get("id") or "", name=function.get("name") or ""))
+            events.append(
+                ToolCallStart(index=index, id=call.get("id") or "", name=function.get("name") or "")
+            )
         arguments = function.get("arguments")
         if arguments:
             events.append(ToolCallDelta(index=index, arguments=arguments))
@@ -133,9 +146,16 @@ class StreamEncoder:
         if isinstance(event, TextDelta):
             return self._chunk({"content": event.text})
         if isinstance(event, ToolCallDelta):
-            return self._chunk({"tool_calls": [{"index": event.index, "function": {"arguments": event.arguments}}]})
+            return self._chunk(
+                {"tool_calls": [{"index": event.index, "function": {"arguments": event.arguments}}]}
+            )
         if isinstance(event, ToolCallStart):
-            call = {"index": event.index, "id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
+            call = {
+                "index": event.index,
+                "id": event.id,
+                "type": "function",
+                "function": {"name": event.name, "arguments": ""},
+            }
             return self._chunk({"tool_calls": [call]})
         if isinstance(event, StreamStart):
             if event.id:
