@@ -1,8 +1,8 @@
 """The local stack behind ``smartflow up``: a gateway on built-in defaults.
 
-Each provider with credentials in the environment is used for real; each without is
-replaced by its simulator on 127.0.0.1, so the stack runs with nothing configured and
-never contacts a provider that was not asked for.
+A provider whose credentials are in the environment is used for real. Every other
+provider is replaced by its simulator on 127.0.0.1. So the stack runs with nothing
+configured, and it never contacts a provider without credentials.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ async def start_local_stack(
             "anthropic", api_key=Secret(_SIMULATOR_KEY), base_url=url
         )
 
-    # The real providers are declared in the config so that their credentials are
-    # resolved the same way as in a configured gateway; simulated ones are injected.
+    # Real providers go through the config, so their credentials resolve as in a
+    # configured gateway. Simulated ones are injected as ready adapters.
     config = parse_config(
         {
             "server": {"host": host, "port": port},

@@ -119,7 +119,7 @@ class Gateway:
         )
 
     async def count_tokens(self, request: web.Request) -> web.Response:
-        """Count input tokens: Anthropic deployments answer themselves, others get an estimate."""
+        """Count input tokens: Anthropic counts for its own models, others get an estimate."""
         request_id = _new_request_id()
         try:
             self.keys.authenticate(request.headers)

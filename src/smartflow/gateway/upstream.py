@@ -1,11 +1,11 @@
 """Sending a chat request upstream: retries, fallbacks and stream opening.
 
-A request tries its deployments in order. Each deployment gets up to
-``attempts_per_deployment`` tries; a retryable failure (429, 5xx, 529, timeout,
-connection error) waits with exponential backoff, or for the provider's
-``retry-after`` when it gives one, and moves on to the next deployment when its tries
-are spent. A stream may still fail over until its first byte has reached the
-caller; after that an error is reported inside the stream instead.
+A request tries its deployments in order, each up to ``attempts_per_deployment``
+times. A retryable failure (429, 5xx, 529, timeout, connection error) waits with
+exponential backoff, or for the provider's ``retry-after`` when it sends one. When a
+deployment's tries are spent, the next deployment is tried. A stream may still fail
+over until its first byte has reached the caller. After that, an error is reported
+inside the stream instead.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Attempt:
 
 @dataclass(slots=True)
 class Exchange:
-    """What the dispatcher needs to know about the caller's request."""
+    """The caller's request as the dispatcher needs it, and the attempts made so far."""
 
     request_id: str
     dialect: str

@@ -32,7 +32,7 @@ class Secret:
 
 @dataclass(slots=True, frozen=True)
 class Target:
-    """Where and how to send one upstream request."""
+    """URL and headers of one upstream request."""
 
     url: str
     headers: dict[str, str]
