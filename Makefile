@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet --constraint constraints.txt --editable '.[dev]'
 	touch $(STAMP)
 
+# Extra options go in ARGS, for example: make up ARGS="--port 8080"
 up: $(STAMP)
-	$(VENV)/bin/smartflow up
+	$(VENV)/bin/smartflow up $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest

@@ -17,7 +17,7 @@ import yaml
 
 from smartflow.auth.keys import hash_key
 
-DEV_KEY = "sk-sf-cli-test-key"
+DEV_KEY = "sk-sf-cli-test-key-0123"
 SMARTFLOW = [sys.executable, "-m", "smartflow.cli"]
 
 
@@ -74,6 +74,10 @@ def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
     assert content.endswith("You said: hi")
     models = {m.id for m in gpt.models.list()}
     assert {"gpt-4o", "gpt-4o-mini", "azure-gpt-4o", "claude-sonnet-4-5"} <= models
+
+    for model in sorted(models):
+        answer = gpt.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].finish_reason in ("stop", "length"), model
 
     claude = anthropic.Anthropic(base_url=url, api_key=DEV_KEY, max_retries=0)
     message = claude.messages.create(

@@ -77,12 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="create and hash virtual keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    key_commands.add_parser(
-        "new", help="print a new random virtual key and the SHA-256 to put in the configuration"
-    )
-    hash_parser = key_commands.add_parser(
-        "hash", help="print the SHA-256 of a key read from standard input, for the configuration"
-    )
+    new_help = "print a new random virtual key and the SHA-256 to put in the configuration"
+    key_commands.add_parser("new", help=new_help, description=new_help)
+    hash_help = "print the SHA-256 of a key read from standard input, for the configuration"
+    hash_parser = key_commands.add_parser("hash", help=hash_help, description=hash_help)
     hash_parser.set_defaults(stdin=True)
     return parser
 
@@ -115,8 +113,11 @@ async def _run_up(args: argparse.Namespace) -> None:
     from smartflow.stack import start_local_stack  # noqa: PLC0415 - loads the simulators only for `up`
 
     key = args.dev_key or generate_key()
-    if not key.startswith(KEY_PREFIX):
-        raise ConfigError(f"--dev-key must start with {KEY_PREFIX}")
+    if not key.startswith(KEY_PREFIX) or len(key) < 20:
+        raise ConfigError(
+            f"the development key (--dev-key or $SMARTFLOW_DEV_KEY) must start with {KEY_PREFIX} "
+            "and be at least 20 characters long"
+        )
     stack = await start_local_stack(host=args.host, port=args.port, dev_key=key)
     sys.stdout.write(stack.summary(show_key=args.dev_key is None) + "\n")
     sys.stdout.flush()
@@ -135,6 +136,8 @@ def _keys(args: argparse.Namespace) -> int:
     if not key:
         sys.stderr.write("smartflow keys hash: no key on standard input\n")
         return 2
+    if not key.startswith(KEY_PREFIX):
+        sys.stderr.write(f"smartflow keys hash: warning: virtual keys start with {KEY_PREFIX}\n")
     sys.stdout.write(hash_key(key) + "\n")
     return 0
 
@@ -156,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"smartflow: {exc}\n")
         return 2
     except OSError as exc:
-        sys.stderr.write(f"smartflow: cannot start: {exc}\n")
+        sys.stderr.write(
+            f"smartflow: cannot start: {exc}\nIf the port is in use, choose another with --port.\n"
+        )
         return 1
     except KeyboardInterrupt:
         pass

@@ -37,10 +37,10 @@ DEFAULT_MODELS: dict[str, list[tuple[str, str]]] = {
     "azure-gpt-4o": [("azure", "gpt-4o")],
     "claude-sonnet-4-5": [("anthropic", "claude-sonnet-4-5")],
     "claude-haiku-4-5": [("anthropic", "claude-haiku-4-5")],
-    "claude-opus-4-1": [("anthropic", "claude-opus-4-1")],
+    "claude-opus-4-6": [("anthropic", "claude-opus-4-6")],
 }
 
-# A key that only the stack's own simulators accept; it authenticates nothing real.
+# The key the gateway sends to the stack's simulators, which accept any non-empty key.
 _SIMULATOR_KEY = "sim-local-key"
 
 
@@ -70,10 +70,10 @@ class LocalStack:
             )
         lines.append("")
         lines.append("Try it:")
-        key = self.dev_key if show_key else "$SMARTFLOW_DEV_KEY"
+        key = self.dev_key if show_key else "<your key>"
         body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
         lines.append(
-            f"  curl {self.gateway.url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"  curl {self.gateway.url}/v1/chat/completions -H \"Authorization: Bearer {key}\" "
             f"-H 'Content-Type: application/json' -d '{body}'"
         )
         return "\n".join(lines)
@@ -97,7 +97,7 @@ async def start_local_stack(
         provider_config["openai"] = {"type": "openai", "api_key_env": "OPENAI_API_KEY"}
         real.append("openai")
     else:
-        sim_openai = OpenAISimulator(api_keys=[_SIMULATOR_KEY])
+        sim_openai = OpenAISimulator()
         url = await sim_openai.start()
         simulators["openai"] = (sim_openai, url)
         providers["openai"] = OpenAIProvider(
@@ -113,7 +113,7 @@ async def start_local_stack(
         }
         real.append("azure")
     else:
-        sim_azure = AzureOpenAISimulator(api_keys=[_SIMULATOR_KEY])
+        sim_azure = AzureOpenAISimulator()
         url = await sim_azure.start()
         simulators["azure"] = (sim_azure, url)
         providers["azure"] = AzureOpenAIProvider(
@@ -124,7 +124,7 @@ async def start_local_stack(
         provider_config["anthropic"] = {"type": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}
         real.append("anthropic")
     else:
-        sim_anthropic = AnthropicSimulator(api_keys=[_SIMULATOR_KEY])
+        sim_anthropic = AnthropicSimulator()
         url = await sim_anthropic.start()
         simulators["anthropic"] = (sim_anthropic, url)
         providers["anthropic"] = AnthropicProvider(
@@ -154,5 +154,10 @@ async def start_local_stack(
         "built-in defaults",
     )
     app = build_app(config, env, providers=providers)
-    gateway = await start_gateway(app, host, port)
+    try:
+        gateway = await start_gateway(app, host, port)
+    except OSError:
+        for simulator, _ in simulators.values():
+            await simulator.stop()
+        raise
     return LocalStack(gateway=gateway, dev_key=dev_key, simulators=simulators, real=real)

@@ -146,3 +146,15 @@ async def test_client_disconnect_cancels_upstream(stack: Stack, path: str, model
         await asyncio.sleep(0.02)
     assert sim.cancelled, "the simulator never saw the upstream request cancelled"
     assert sim.cancelled[0]["at"] - disconnected_at < 1.0
+
+
+async def test_upstream_auth_failure_is_gateway_error() -> None:
+    stack = await start_stack()
+    try:
+        stack.openai.api_keys = frozenset({"some-other-key"})
+        with pytest.raises(openai.APIStatusError) as caught:
+            await openai_client(stack.url).chat.completions.create(model="gpt-4o", messages=HELLO)
+        assert caught.value.status_code == 502
+        assert "rejected the gateway's credential (HTTP 401)" in str(caught.value)
+    finally:
+        await stop_stack(stack)

@@ -147,7 +147,17 @@ class UpstreamHTTPError(UpstreamError):
             param=param,
             upstream_type=upstream_type,
         )
-        if 400 <= upstream_status < 500:
+        if upstream_status in (401, 403):
+            # The gateway's own provider credential failed: an operator problem, not
+            # the caller's, so the caller gets a gateway error rather than a 401.
+            self.status = 502
+            self.code = "upstream_authentication_failed"
+            self.message = (
+                f"{provider} rejected the gateway's credential (HTTP {upstream_status}): "
+                f"{message} Check the provider key configured for this gateway."
+            )
+            self.args = (self.message,)
+        elif 400 <= upstream_status < 500:
             self.status = upstream_status
             self.log_level = logging.INFO
         else:

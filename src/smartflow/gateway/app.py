@@ -91,7 +91,11 @@ async def start_gateway(app: web.Application, host: str, port: int) -> RunningGa
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     sockets = site._server.sockets if site._server is not None else []  # type: ignore[attr-defined]
     bound = sockets[0].getsockname()[1] if sockets else port
     url = f"http://{host}:{bound}"

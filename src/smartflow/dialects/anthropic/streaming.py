@@ -199,7 +199,7 @@ class StreamEncoder:
                 "id": message_id(event.id or "gateway"),
                 "type": "message",
                 "role": "assistant",
-                "model": self.model,
+                "model": event.model or self.model,
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,

@@ -162,6 +162,8 @@ class StreamEncoder:
                 self.id = event.id if event.id.startswith("chatcmpl-") else f"chatcmpl-{event.id}"
             if event.created:
                 self.created = event.created
+            if event.model:
+                self.model = event.model
             if event.usage is not None:
                 self._usage = event.usage
             return self._chunk({"role": "assistant", "content": "", "refusal": None})
