@@ -76,7 +76,9 @@ def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
     assert {"gpt-4o", "gpt-4o-mini", "azure-gpt-4o", "claude-sonnet-4-5"} <= models
 
     for model in sorted(models):
-        answer = gpt.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        answer = gpt.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]
+        )
         assert answer.choices[0].finish_reason in ("stop", "length"), model
 
     claude = anthropic.Anthropic(base_url=url, api_key=DEV_KEY, max_retries=0)

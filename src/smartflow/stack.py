@@ -73,7 +73,7 @@ class LocalStack:
         key = self.dev_key if show_key else "<your key>"
         body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
         lines.append(
-            f"  curl {self.gateway.url}/v1/chat/completions -H \"Authorization: Bearer {key}\" "
+            f'  curl {self.gateway.url}/v1/chat/completions -H "Authorization: Bearer {key}" '
             f"-H 'Content-Type: application/json' -d '{body}'"
         )
         return "\n".join(lines)

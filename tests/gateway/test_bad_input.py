@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import aiohttp
@@ -239,3 +241,78 @@ async def test_provider_key_never_reaches_caller(stack: Stack, http: aiohttp.Cli
     assert response.status == 400
     assert "provider-test-key" not in text
     assert all("provider-test-key" not in v for v in headers.values())
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("path", [OPENAI_PATH, ANTHROPIC_PATH])
+async def test_deep_nesting_is_400(stack: Stack, http: aiohttp.ClientSession, path: str) -> None:
+    body = {**GOOD[path], "metadata": _nested(300)}
+    # orjson cannot write this depth either, so the standard library encodes it.
+    async with http.post(
+        stack.url + path, data=json.dumps(body), headers=_headers(path)
+    ) as response:
+        assert response.status == 400
+        payload = await response.json()
+    assert "nested too deeply" in _check_shape(path, payload, "invalid_request_error")
+    await _still_serves(http, stack, path)
+
+
+async def test_long_model_name_not_echoed(stack: Stack, http: aiohttp.ClientSession) -> None:
+    body = {**GOOD[OPENAI_PATH], "model": "M" * 100_000}
+    async with http.post(
+        stack.url + OPENAI_PATH, data=orjson.dumps(body), headers=_headers(OPENAI_PATH)
+    ) as response:
+        assert response.status == 404
+        text = await response.text()
+    assert len(text) < 2000
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        (ANTHROPIC_PATH, "stream", "false"),
+        (OPENAI_PATH, "stream_options", {"include_usage": "yes"}),
+        (ANTHROPIC_PATH, "tool_choice", {"type": "auto", "disable_parallel_tool_use": "no"}),
+    ],
+)
+async def test_boolean_fields_checked(
+    stack: Stack, http: aiohttp.ClientSession, path: str, field: str, value: Any
+) -> None:
+    body = {**GOOD[path], field: value}
+    async with http.post(
+        stack.url + path, data=orjson.dumps(body), headers=_headers(path)
+    ) as response:
+        assert response.status == 400
+        payload = await response.json()
+    assert "expected a boolean" in _check_shape(path, payload, "invalid_request_error")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/chat/completions", 405),
+        ("POST", "/v1/nothing", 404),
+        ("POST", "/v1/messages/nothing", 404),
+    ],
+)
+async def test_unknown_route_in_dialect(
+    stack: Stack, http: aiohttp.ClientSession, method: str, path: str, status: int
+) -> None:
+    async with http.request(method, stack.url + path, headers=_headers(path)) as response:
+        assert response.status == status
+        payload = await response.json()
+    expected = (
+        ("not_found_error" if status == 404 else "invalid_request_error")
+        if path.startswith("/v1/messages")
+        else "invalid_request_error"
+    )
+    message = _check_shape(
+        ANTHROPIC_PATH if path.startswith("/v1/messages") else OPENAI_PATH, payload, expected
+    )
+    assert path in message

@@ -20,6 +20,7 @@ __all__ = [
     "PermissionDenied",
     "PolicyViolation",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "SmartflowError",
     "UpstreamError",
@@ -72,6 +73,11 @@ class PermissionDenied(ClientError):
 class NotFound(ClientError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
 
 
 class RequestTooLarge(ClientError):

@@ -7,6 +7,7 @@ from typing import Any
 from smartflow.core.errors import InvalidRequest
 
 __all__ = [
+    "excerpt",
     "expect_bool",
     "expect_dict",
     "expect_int",
@@ -25,6 +26,12 @@ _NAMES = {
     float: "a number",
     type(None): "null",
 }
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for echoing input in messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def type_name(value: Any) -> str:

@@ -70,6 +70,7 @@ def build_app(
         owners=owners,
     )
     gateway.add_routes(app)
+    app.middlewares.append(gateway.dialect_errors)
     app.cleanup_ctx.append(session_context)
     return app
 

@@ -16,6 +16,8 @@ from smartflow.auth.keys import Caller, KeyStore
 from smartflow.core.errors import (
     InternalError,
     InvalidRequest,
+    NotFound,
+    RequestTimeout,
     RequestTooLarge,
     SmartflowError,
     UpstreamError,
@@ -47,7 +49,9 @@ class Gateway:
         max_body_bytes: int,
         access_log: bool = True,
         owners: dict[str, str] | None = None,
+        body_timeout: float = 30.0,
     ) -> None:
+        self.body_timeout = body_timeout
         self.router = router
         self.keys = keys
         self.dispatcher = dispatcher
@@ -149,6 +153,36 @@ class Gateway:
             )
         except SmartflowError as exc:
             return self._error_response(ANTHROPIC, exc, request_id)
+        except Exception:
+            logger.exception("request %s: unexpected error while counting tokens", request_id)
+            error = InternalError("The gateway failed to count the tokens.")
+            return self._error_response(ANTHROPIC, error, request_id)
+
+    @web.middleware
+    async def dialect_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Render aiohttp's own 404 and 405 answers in the caller's dialect."""
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPException as exc:
+            if exc.status not in (404, 405):
+                raise
+            anthropic = (
+                request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
+            )
+            ingress = ANTHROPIC if anthropic else OPENAI
+            if exc.status == 404:
+                error: SmartflowError = NotFound(
+                    f"No endpoint {request.method} {request.path[:200]}. This gateway serves "
+                    "/v1/chat/completions, /v1/messages, /v1/messages/count_tokens and /v1/models."
+                )
+            else:
+                error = InvalidRequest(
+                    f"Method {request.method} is not allowed on {request.path[:200]}; use "
+                    f"{', '.join(sorted(exc.headers.get('Allow', '').split(',')))}."
+                )
+                error.status = 405
+            return self._error_response(ingress, error, _new_request_id())
 
     # --- the chat path ---------------------------------------------------------------
 
@@ -162,7 +196,7 @@ class Gateway:
             caller = self.keys.authenticate(request.headers)
             body = await self._read_json(request)
             canonical = ingress.parse_request(body)
-            model = canonical.model
+            model = canonical.model[:100]
             deployments = self.router.deployments(canonical.model)
             exchange = Exchange(request_id, ingress.name, body, canonical, request.headers)
             if canonical.stream:
@@ -257,10 +291,17 @@ class Gateway:
         if length is not None and length > self.max_body_bytes:
             raise _too_large(self.max_body_bytes)
         raw = bytearray()
-        async for chunk in request.content.iter_any():
-            raw += chunk
-            if len(raw) > self.max_body_bytes:
-                raise _too_large(self.max_body_bytes)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in request.content.iter_any():
+                    raw += chunk
+                    if len(raw) > self.max_body_bytes:
+                        raise _too_large(self.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.body_timeout:g} s. Send the whole "
+                "body at once."
+            ) from None
         if not raw:
             raise InvalidRequest("The request body is empty. Send a JSON object.")
         try:

@@ -22,6 +22,7 @@ import orjson
 
 from smartflow.config.schema import RetrySettings
 from smartflow.core.errors import (
+    InvalidRequest,
     MalformedUpstreamResponse,
     SmartflowError,
     UpstreamError,
@@ -162,9 +163,19 @@ class Dispatcher:
 
     def _payload(self, exchange: Exchange, deployment: Deployment) -> tuple[bytes, bool]:
         provider = deployment.provider
-        if provider.dialect == exchange.dialect:
-            return orjson.dumps(provider.passthrough_body(exchange.body, deployment.model)), True
-        return orjson.dumps(provider.build_body(exchange.request, deployment.model)), False
+        passthrough = provider.dialect == exchange.dialect
+        if passthrough:
+            body = provider.passthrough_body(exchange.body, deployment.model)
+        else:
+            body = provider.build_body(exchange.request, deployment.model)
+        try:
+            return orjson.dumps(body), passthrough
+        except orjson.JSONEncodeError as exc:
+            # orjson reads 1024 levels of nesting but writes only about 250.
+            raise InvalidRequest(
+                "The request body is nested too deeply to forward (more than about 250 levels). "
+                "Flatten the deepest object or schema."
+            ) from exc
 
     async def _post(
         self, exchange: Exchange, deployment: Deployment, payload: bytes, *, stream: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from smartflow.core.errors import NotFound
+from smartflow.dialects._validate import excerpt
 from smartflow.providers.base import Deployment
 
 __all__ = ["Router"]
@@ -25,7 +26,7 @@ class Router:
         if route is None:
             available = ", ".join(sorted(self._routes)[:20]) or "none"
             raise NotFound(
-                f"The model '{model}' does not exist or is not served by this gateway. "
+                f"The model {excerpt(model)} does not exist or is not served by this gateway. "
                 f"Available models: {available}. GET /v1/models lists them.",
                 param="model",
             )

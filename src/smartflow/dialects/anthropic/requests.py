@@ -21,6 +21,8 @@ from smartflow.core.types import (
     ToolChoice,
 )
 from smartflow.dialects._validate import (
+    excerpt,
+    expect_bool,
     expect_dict,
     expect_int,
     expect_list,
@@ -46,7 +48,8 @@ def _parse_image(block: dict[str, Any], path: str) -> ImagePart:
     if kind == "url":
         return ImagePart(url=expect_str(source.get("url"), f"{path}.source.url"))
     raise InvalidRequest(
-        f"Unsupported image source type {kind!r} at '{path}.source.type': use 'base64' or 'url'.",
+        f"Unsupported image source type {excerpt(kind)} at '{path}.source.type': "
+        "use 'base64' or 'url'.",
         param=f"{path}.source.type",
     )
 
@@ -64,7 +67,8 @@ def _parse_simple_blocks(content: Any, path: str) -> list[Part]:
             parts.append(_parse_image(block, f"{path}[{i}]"))
         else:
             raise InvalidRequest(
-                f"Unsupported block type {kind!r} at '{path}[{i}].type'.", param=f"{path}[{i}].type"
+                f"Unsupported block type {excerpt(kind)} at '{path}[{i}].type'.",
+                param=f"{path}[{i}].type",
             )
     return parts
 
@@ -95,7 +99,8 @@ def _parse_user(content: Any, path: str) -> list[Message]:
             parts.append(_parse_image(block, block_path))
         else:
             raise InvalidRequest(
-                f"Unsupported content block type {kind!r} at '{block_path}.type': use 'text', "
+                f"Unsupported content block type {excerpt(kind)} at '{block_path}.type': "
+                "use 'text', "
                 "'image' or 'tool_result'.",
                 param=f"{block_path}.type",
             )
@@ -132,7 +137,8 @@ def _parse_assistant(content: Any, path: str) -> Message:
             message.content.append(ReasoningPart("", redacted_data=block.get("data")))
         else:
             raise InvalidRequest(
-                f"Unsupported content block type {kind!r} at '{block_path}.type': use 'text', "
+                f"Unsupported content block type {excerpt(kind)} at '{block_path}.type': "
+                "use 'text', "
                 "'tool_use' or 'thinking'.",
                 param=f"{block_path}.type",
             )
@@ -175,7 +181,10 @@ def _parse_tool_choice(value: Any, sampling: Sampling) -> ToolChoice:
     choice = expect_dict(value, "tool_choice")
     kind = choice.get("type")
     if choice.get("disable_parallel_tool_use") is not None:
-        sampling.parallel_tool_calls = not bool(choice["disable_parallel_tool_use"])
+        disable = expect_bool(
+            choice["disable_parallel_tool_use"], "tool_choice.disable_parallel_tool_use"
+        )
+        sampling.parallel_tool_calls = not disable
     if kind == "auto":
         return ToolChoice("auto")
     if kind == "any":
@@ -185,7 +194,8 @@ def _parse_tool_choice(value: Any, sampling: Sampling) -> ToolChoice:
     if kind == "tool":
         return ToolChoice("tool", name=expect_str(choice.get("name"), "tool_choice.name"))
     raise InvalidRequest(
-        f"Invalid value for 'tool_choice.type': {kind!r}. Use 'auto', 'any', 'tool' or 'none'.",
+        f"Invalid value for 'tool_choice.type': {excerpt(kind)}. "
+        "Use 'auto', 'any', 'tool' or 'none'.",
         param="tool_choice.type",
     )
 
@@ -255,7 +265,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
             messages.append(_parse_assistant(item["content"], f"{path}.content"))
         else:
             raise InvalidRequest(
-                f"Invalid value for '{path}.role': {role!r}. Use 'user' or 'assistant'; the "
+                f"Invalid value for '{path}.role': {excerpt(role)}. Use 'user' or 'assistant'; the "
                 "system prompt goes in the top-level 'system' field.",
                 param=f"{path}.role",
             )
@@ -267,7 +277,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
         request.tool_choice = _parse_tool_choice(body["tool_choice"], sampling)
     request.response_format = _parse_output_format(body)
     if body.get("stream") is not None:
-        request.stream = bool(body["stream"])
+        request.stream = expect_bool(body["stream"], "stream")
         request.include_usage = True
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):

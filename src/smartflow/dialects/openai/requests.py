@@ -19,6 +19,7 @@ from smartflow.core.types import (
     ToolChoice,
 )
 from smartflow.dialects._validate import (
+    excerpt,
     expect_bool,
     expect_dict,
     expect_int,
@@ -68,7 +69,7 @@ def _parse_parts(content: Any, path: str) -> list[Part]:
             parts.append(TextPart(expect_str(item.get("refusal"), f"{item_path}.refusal")))
         else:
             raise InvalidRequest(
-                f"Unsupported content part type {kind!r} at '{item_path}.type': "
+                f"Unsupported content part type {excerpt(kind)} at '{item_path}.type': "
                 "use 'text' or 'image_url'.",
                 param=f"{item_path}.type",
             )
@@ -101,7 +102,8 @@ def _parse_message(raw: Any, path: str) -> Message:
                 f"Missing required parameter: '{path}.role'.", param=f"{path}.role"
             )
         raise InvalidRequest(
-            f"Invalid value for '{path}.role': {role!r}. Use one of: system, developer, user, "
+            f"Invalid value for '{path}.role': {excerpt(role)}. "
+            "Use one of: system, developer, user, "
             "assistant, tool.",
             param=f"{path}.role",
         )
@@ -153,7 +155,8 @@ def _parse_tool_choice(value: Any) -> ToolChoice:
     if isinstance(value, str):
         if value not in ("auto", "none", "required"):
             raise InvalidRequest(
-                f"Invalid value for 'tool_choice': {value!r}. Use 'auto', 'none', 'required' or "
+                f"Invalid value for 'tool_choice': {excerpt(value)}. "
+                "Use 'auto', 'none', 'required' or "
                 "an object naming a function.",
                 param="tool_choice",
             )
@@ -177,7 +180,7 @@ def _parse_response_format(value: Any) -> ResponseFormat:
     if kind in ("json_object", "text"):
         return ResponseFormat(kind)
     raise InvalidRequest(
-        f"Invalid value for 'response_format.type': {kind!r}. Use 'text', 'json_object' or "
+        f"Invalid value for 'response_format.type': {excerpt(kind)}. Use 'text', 'json_object' or "
         "'json_schema'.",
         param="response_format.type",
     )
@@ -247,7 +250,10 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     options = body.get("stream_options")
     if options is not None:
         options = expect_dict(options, "stream_options")
-        request.include_usage = bool(options.get("include_usage"))
+        if options.get("include_usage") is not None:
+            request.include_usage = expect_bool(
+                options["include_usage"], "stream_options.include_usage"
+            )
     if body.get("user") is not None:
         request.user = expect_str(body["user"], "user")
     if body.get("metadata") is not None:
