@@ -24,7 +24,7 @@ __all__ = [
     "parse_config",
 ]
 
-ProviderType = Literal["openai", "azure_openai", "anthropic"]
+ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "vertex_gemini", "cohere"]
 
 _SECRET_FIELDS = ("api_key", "key", "secret", "token", "password")
 
@@ -48,12 +48,20 @@ class ProviderSettings(_Strict):
 
     type: ProviderType
     base_url: str | None = None
-    """OpenAI: up to and including /v1. Anthropic: the host only. Azure: the resource URL."""
+    """OpenAI: up to and including /v1. Azure: the resource URL. Anthropic, Gemini,
+    Vertex AI and Cohere: the host only."""
     api_key_env: str | None = None
     api_key_file: str | None = None
     api_version: str | None = None
     """Azure OpenAI only: the api-version query value, or ``v1`` for the v1 API path."""
     anthropic_version: str = "2023-06-01"
+    vertex_project: str | None = None
+    """vertex_gemini only: the Google Cloud project id."""
+    vertex_location: str | None = None
+    """vertex_gemini only: the region, such as us-central1, or global."""
+    credentials_file: str | None = None
+    """vertex_gemini only: a service-account key file, exchanged for access tokens with
+    google-auth. Without it, api_key_env or api_key_file names a static access token."""
 
     @model_validator(mode="before")
     @classmethod
@@ -79,6 +87,21 @@ class ProviderSettings(_Strict):
                 raise ValueError(
                     "'api_version' is required for azure_openai, e.g. 2024-10-21 or v1"
                 )
+        if self.type == "vertex_gemini":
+            if not self.vertex_project or not self.vertex_location:
+                raise ValueError(
+                    "'vertex_project' and 'vertex_location' are required for vertex_gemini"
+                )
+            if self.credentials_file and (self.api_key_env or self.api_key_file):
+                raise ValueError(
+                    "for vertex_gemini set either 'credentials_file' (a service account) or "
+                    "'api_key_env'/'api_key_file' (a static access token), not both"
+                )
+        elif self.vertex_project or self.vertex_location or self.credentials_file:
+            raise ValueError(
+                "'vertex_project', 'vertex_location' and 'credentials_file' apply to "
+                "vertex_gemini only"
+            )
         return self
 
 

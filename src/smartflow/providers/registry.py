@@ -11,6 +11,8 @@ from smartflow.config.schema import ProviderSettings
 from smartflow.core.errors import ConfigError
 from smartflow.providers.anthropic import AnthropicProvider
 from smartflow.providers.base import Provider, Secret
+from smartflow.providers.cohere import CohereProvider
+from smartflow.providers.gemini import GeminiProvider, VertexGeminiProvider
 from smartflow.providers.openai import AzureOpenAIProvider, OpenAIProvider
 
 __all__ = ["build_provider", "resolve_credential"]
@@ -21,6 +23,9 @@ _DEFAULT_ENV = {
     "openai": "OPENAI_API_KEY",
     "azure_openai": "AZURE_OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "vertex_gemini": "VERTEX_ACCESS_TOKEN",  # our own name: a static OAuth access token
+    "cohere": "CO_API_KEY",  # the variable the Cohere SDK reads
 }
 
 
@@ -56,7 +61,28 @@ def resolve_credential(
 def build_provider(
     name: str, settings: ProviderSettings, environ: Mapping[str, str] | None = None
 ) -> Provider:
+    if settings.type == "vertex_gemini":
+        assert settings.vertex_project is not None and settings.vertex_location is not None
+        if settings.credentials_file:
+            return VertexGeminiProvider(
+                name,
+                project=settings.vertex_project,
+                location=settings.vertex_location,
+                credentials_file=settings.credentials_file,
+                base_url=settings.base_url,
+            )
+        return VertexGeminiProvider(
+            name,
+            project=settings.vertex_project,
+            location=settings.vertex_location,
+            access_token=resolve_credential(name, settings, environ),
+            base_url=settings.base_url,
+        )
     api_key = resolve_credential(name, settings, environ)
+    if settings.type == "gemini":
+        return GeminiProvider(name, api_key=api_key, base_url=settings.base_url)
+    if settings.type == "cohere":
+        return CohereProvider(name, api_key=api_key, base_url=settings.base_url)
     if settings.type == "openai":
         return OpenAIProvider(name, api_key=api_key, base_url=settings.base_url)
     if settings.type == "azure_openai":

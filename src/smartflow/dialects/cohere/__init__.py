@@ -1,0 +1,1 @@
+"""Cohere Chat v2 wire format, on the provider side only."""

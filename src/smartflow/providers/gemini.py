@@ -1,0 +1,268 @@
+"""Google Gemini adapters: the Gemini API (API key) and Gemini on Vertex AI (OAuth token)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from smartflow.core.errors import ConfigError, InternalError, UpstreamError, UpstreamUnavailable
+from smartflow.core.types import ChatRequest, ChatResponse
+from smartflow.dialects.gemini import errors, requests, responses, streaming
+from smartflow.providers.base import Secret, Target
+from smartflow.transport.sse import SSEParser
+
+__all__ = [
+    "GeminiProvider",
+    "ServiceAccountTokens",
+    "StaticToken",
+    "TokenSource",
+    "VertexGeminiProvider",
+]
+
+logger = logging.getLogger(__name__)
+
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+VERTEX_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+_LOCATION = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# Project ids, including the legacy domain-scoped form "example.com:project".
+_PROJECT = re.compile(r"^[a-z0-9.:-]{2,100}$")
+# A token closer than this to its expiry is refreshed before use (blocking).
+_MIN_VALIDITY_S = 60.0
+# A token closer than this to its expiry is refreshed in a background thread.
+_EARLY_REFRESH_S = 300.0
+
+
+class _GeminiAdapter:
+    """Base of the Gemini API and Vertex AI adapters, which share body, response and
+    stream formats."""
+
+    kind = "gemini"
+    dialect: str | None = None
+
+    def __init__(self, name: str, *, base_url: str, api_version: str) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.api_version = api_version
+
+    def _model_url(self, model: str) -> str:
+        raise NotImplementedError
+
+    def _auth_headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def chat_target(self, model: str, *, stream: bool, client_headers: Mapping[str, str]) -> Target:
+        method = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+        headers = {**self._auth_headers(), "Content-Type": "application/json"}
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        return Target(self._model_url(model) + method, headers)
+
+    def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
+        return requests.build_request(request, model)
+
+    def passthrough_body(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        raise InternalError(
+            f"Provider {self.name} has no pass-through dialect; its requests are translated."
+        )
+
+    def parse_response(self, body: dict[str, Any]) -> ChatResponse:
+        return responses.parse_response(body, provider=self.name)
+
+    def stream_decoder(self) -> streaming.StreamDecoder:
+        return streaming.StreamDecoder(self.name)
+
+    def frame_parser(self) -> SSEParser:
+        return SSEParser()
+
+    def parse_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return errors.parse_upstream_error(status, body, headers, provider=self.name)
+
+
+class GeminiProvider(_GeminiAdapter):
+    """The Gemini API: ``{base_url}/{api_version}/models/{model}:generateContent`` with the
+    key in ``x-goog-api-key``. ``base_url`` is the host only."""
+
+    kind = "gemini"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: Secret,
+        base_url: str | None = None,
+        api_version: str = "v1beta",
+    ) -> None:
+        super().__init__(name, base_url=base_url or GEMINI_BASE_URL, api_version=api_version)
+        self._api_key = api_key
+
+    def _model_url(self, model: str) -> str:
+        name = model.removeprefix("models/")
+        return f"{self.base_url}/{self.api_version}/models/{quote(name, safe='')}"
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self._api_key.reveal()}
+
+
+# --- Vertex AI ---------------------------------------------------------------------------
+
+
+class TokenSource(Protocol):
+    """Supplies the OAuth access token for the next Vertex AI request."""
+
+    def token(self) -> str: ...
+
+
+class StaticToken:
+    """A fixed access token, such as one from ``gcloud auth print-access-token``.
+
+    Google access tokens expire (after one hour by default), so this suits tests and
+    short runs; use a service-account file for a long-running gateway.
+    """
+
+    def __init__(self, token: Secret) -> None:
+        self._token = token
+
+    def token(self) -> str:
+        return self._token.reveal()
+
+
+class ServiceAccountTokens:
+    """Access tokens exchanged for a service-account key file with ``google-auth``.
+
+    A token is refreshed in a background thread when it has less than five minutes
+    left. Only a missing or nearly expired token is refreshed in the calling thread,
+    which blocks the event loop for one HTTPS round trip to Google's token endpoint.
+
+    NOTE: the tests never contact Google, so the token exchange itself is untested here.
+    """
+
+    def __init__(self, provider: str, path: str | Path) -> None:
+        try:
+            from google.oauth2 import service_account  # noqa: PLC0415 (optional dependency)
+        except ImportError as exc:
+            raise ConfigError(
+                f"providers.{provider}: a service-account file needs the google-auth package "
+                "to obtain access tokens; install it with `pip install google-auth`, or give "
+                "a static access token instead"
+            ) from exc
+        load_file: Any = service_account.Credentials.from_service_account_file
+        try:
+            self._credentials: Any = load_file(str(path), scopes=[VERTEX_SCOPE])
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"providers.{provider}: cannot read the service-account file {path}: {exc}"
+            ) from exc
+        self.provider = provider
+        self._lock = threading.Lock()
+        self._background: threading.Thread | None = None
+
+    def _seconds_left(self) -> float | None:
+        expiry = self._credentials.expiry
+        if not self._credentials.token or expiry is None:
+            return None
+        # google-auth keeps ``expiry`` as a naive datetime in UTC.
+        now = datetime.now(UTC).replace(tzinfo=None)
+        return float((expiry - now).total_seconds())
+
+    def _refresh(self, *, unless_valid_for: float) -> None:
+        from google.auth.exceptions import GoogleAuthError  # noqa: PLC0415
+        from google.auth.transport.requests import Request  # noqa: PLC0415
+
+        with self._lock:
+            left = self._seconds_left()
+            if left is not None and left >= unless_valid_for:
+                return  # another thread refreshed it meanwhile
+            try:
+                self._credentials.refresh(Request())
+            except GoogleAuthError as exc:
+                raise UpstreamUnavailable(
+                    f"Cannot obtain a Vertex AI access token for {self.provider}: {exc}",
+                    provider=self.provider,
+                ) from exc
+        logger.info("%s: obtained a new Vertex AI access token", self.provider)
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self._refresh(unless_valid_for=_EARLY_REFRESH_S)
+        except UpstreamUnavailable as exc:
+            logger.warning("%s: early token refresh failed: %s", self.provider, exc.message)
+
+    def token(self) -> str:
+        left = self._seconds_left()
+        if left is None or left < _MIN_VALIDITY_S:
+            self._refresh(unless_valid_for=_MIN_VALIDITY_S)
+        elif left < _EARLY_REFRESH_S and (
+            self._background is None or not self._background.is_alive()
+        ):
+            self._background = threading.Thread(
+                target=self._refresh_in_background, name=f"{self.provider}-token", daemon=True
+            )
+            self._background.start()
+        return str(self._credentials.token)
+
+
+def vertex_base_url(location: str) -> str:
+    """Return the Vertex AI host of a location (``global`` has no regional prefix)."""
+    if location == "global":
+        return "https://aiplatform.googleapis.com"
+    return f"https://{location}-aiplatform.googleapis.com"
+
+
+class VertexGeminiProvider(_GeminiAdapter):
+    """Gemini on Vertex AI, authenticated with an OAuth bearer token.
+
+    Give exactly one of ``access_token`` (used as it is) and ``credentials_file`` (a
+    service-account key file, exchanged for tokens with google-auth).
+    """
+
+    kind = "vertex_gemini"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        project: str,
+        location: str,
+        access_token: Secret | None = None,
+        credentials_file: str | Path | None = None,
+        base_url: str | None = None,
+        api_version: str = "v1",
+    ) -> None:
+        if not _PROJECT.match(project):
+            raise ConfigError(f"providers.{name}: invalid Vertex AI project id {project!r}")
+        if not _LOCATION.match(location):
+            raise ConfigError(
+                f"providers.{name}: invalid Vertex AI location {location!r}; use a region "
+                "such as us-central1, or global"
+            )
+        if (access_token is None) == (credentials_file is None):
+            raise ConfigError(
+                f"providers.{name}: give either an access token or a service-account "
+                "credentials file for Vertex AI, not both and not neither"
+            )
+        super().__init__(
+            name, base_url=base_url or vertex_base_url(location), api_version=api_version
+        )
+        self.project = project
+        self.location = location
+        self._tokens: TokenSource = (
+            StaticToken(access_token)
+            if access_token is not None
+            else ServiceAccountTokens(name, credentials_file)  # type: ignore[arg-type]
+        )
+
+    def _model_url(self, model: str) -> str:
+        return (
+            f"{self.base_url}/{self.api_version}/projects/{self.project}/locations/"
+            f"{self.location}/publishers/google/models/{quote(model, safe='')}"
+        )
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self._tokens.token()}
