@@ -26,6 +26,15 @@ for _variable in (
     "ANTHROPIC_API_KEY",
     "AZURE_OPENAI_API_KEY",
     "AZURE_OPENAI_ENDPOINT",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "CO_API_KEY",
+    "COHERE_API_KEY",
+    "VERTEX_ACCESS_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 ):
     os.environ.pop(_variable, None)
 
