@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from smartflow.config.schema import RetrySettings
 from smartflow.core.errors import (
@@ -184,8 +185,15 @@ class Dispatcher:
         target = provider.chat_target(
             deployment.model, stream=stream, client_headers=exchange.client_headers
         )
+        url: str | URL = target.url
+        sign = getattr(provider, "sign", None)
+        if sign is not None:
+            # SigV4 covers the body, so the target can only be signed once it is serialised.
+            target = sign(target, payload)
+            # Send the path exactly as signed: yarl would decode "%3A" in a str URL.
+            url = URL(target.url, encoded=True)
         try:
-            response = await self.session.post(target.url, data=payload, headers=target.headers)
+            response = await self.session.post(url, data=payload, headers=target.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_transport_error(exc, deployment, self.read_timeout) from exc
         if response.status >= 400:

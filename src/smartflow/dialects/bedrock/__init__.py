@@ -1,0 +1,1 @@
+"""Amazon Bedrock runtime wire formats: Converse, ConverseStream and Claude on InvokeModel."""
