@@ -1,0 +1,1 @@
+"""Building blocks of the gateway benchmark run by bench/run.py."""

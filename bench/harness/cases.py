@@ -1,0 +1,199 @@
+"""Workloads and gateway cases of the benchmark: add a case here as one small entry.
+
+A workload is the request a client sends and the check of the reply. It has one request for the
+upstream, sent directly and through the floor, and one for the gateway. The two are the same
+while the gateway passes OpenAI through to OpenAI. A case is one way of running the gateway on a
+workload: its config and environment. Each case is compared against the floor measured on
+the same workload in the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+__all__ = [
+    "CASES",
+    "CHAT",
+    "CHAT_STREAM",
+    "FAKE_UPSTREAM_KEY",
+    "UPSTREAM_KEY_ENV",
+    "VIRTUAL_KEY",
+    "Case",
+    "GatewayContext",
+    "RequestSpec",
+    "Workload",
+    "check_chat_completion",
+    "check_chat_stream",
+    "openai_gateway_config",
+]
+
+VIRTUAL_KEY = "sk-sf-bench-0000000000000000000000000001"
+UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
+FAKE_UPSTREAM_KEY = "sk-fake-bench-upstream-not-a-real-key"
+MODEL = "bench-model"
+EXPECTED_CONTENT_START = "A service mesh moves retries,"
+
+_SYSTEM_PROMPT = (
+    "You are a senior platform engineer. Answer in at most three sentences, in plain English, "
+    "without lists or headings. Prefer concrete trade-offs over general advice, and say so "
+    "when the answer depends on the size of the team or the number of services."
+)
+_USER_PROMPT = (
+    "We run about forty services in Kubernetes, written in Go, Python and Java. Each team "
+    "implements retries, timeouts and TLS in its own way, and incidents keep showing that "
+    "they disagree. What does a service mesh change for us, and what does it cost?"
+)
+
+
+def _chat_body(stream: bool) -> bytes:
+    body: dict[str, object] = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": _SYSTEM_PROMPT},
+            {"role": "user", "content": _USER_PROMPT},
+        ],
+        "temperature": 0.2,
+        "max_completion_tokens": 256,
+        "user": "bench-user-0001",
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+def check_chat_completion(body: bytes) -> str | None:
+    """Return what is wrong with a non-streamed chat.completion body, or None when it is valid."""
+    try:
+        completion = orjson.loads(body)
+        content = completion["choices"][0]["message"]["content"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        return f"not a chat.completion body ({exc!r}): {body[:200]!r}"
+    if completion.get("object") != "chat.completion":
+        return f"object is {completion.get('object')!r}, expected 'chat.completion'"
+    if not str(content).startswith(EXPECTED_CONTENT_START):
+        return f"unexpected message content {content!r}"
+    return None
+
+
+def check_chat_stream(body: bytes) -> str | None:
+    """Return what is wrong with an OpenAI SSE stream body, or None when it is valid.
+
+    A valid stream has chat.completion.chunk events whose content deltas join to the expected
+    text, one chunk with usage, and ``data: [DONE]`` as its last event.
+    """
+    events = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: ")]
+    if not events or events[-1] != b"[DONE]":
+        return f"stream does not end with data: [DONE]: {body[-200:]!r}"
+    content: list[str] = []
+    usage_seen = False
+    for event in events[:-1]:
+        try:
+            chunk = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            return f"event is not JSON: {event[:200]!r}"
+        if chunk.get("object") != "chat.completion.chunk":
+            return f"event object is {chunk.get('object')!r}, expected 'chat.completion.chunk'"
+        usage_seen = usage_seen or bool(chunk.get("usage"))
+        for choice in chunk.get("choices", []):
+            content.append(choice.get("delta", {}).get("content") or "")
+    if not "".join(content).startswith(EXPECTED_CONTENT_START):
+        return f"unexpected streamed content {''.join(content)!r}"
+    if not usage_seen:
+        return "no chunk carries usage although include_usage was requested"
+    return None
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One POST request and how to check its response."""
+
+    path: str
+    body: bytes
+    check: Callable[[bytes], str | None]
+    # The load generators check only this suffix, because a full check costs client CPU.
+    expect_suffix: bytes
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests to the upstream or floor and to the gateway, with their checks."""
+
+    name: str
+    title: str
+    upstream_request: RequestSpec
+    gateway_request: RequestSpec
+
+
+@dataclass(frozen=True)
+class GatewayContext:
+    """Facts about one run that a gateway config needs."""
+
+    port: int
+    upstream_url: str
+    workdir: Path
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def openai_gateway_config(context: GatewayContext) -> dict[str, object]:
+    """Build the gateway config that routes ``bench-model`` to the mock OpenAI upstream."""
+    return {
+        "server": {"host": "127.0.0.1", "port": context.port, "access_log": False},
+        "providers": {
+            "mock": {
+                "type": "openai",
+                "base_url": f"{context.upstream_url}/v1",
+                "api_key_env": UPSTREAM_KEY_ENV,
+            }
+        },
+        "models": {MODEL: [{"provider": "mock", "model": MODEL}]},
+        "keys": [
+            {"name": "bench", "sha256": _sha256_hex(VIRTUAL_KEY), "team": "bench", "user": "bench"}
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Case:
+    """One gateway setup measured on one workload against the floor."""
+
+    name: str
+    workload: Workload
+    build_config: Callable[[GatewayContext], dict[str, object]] = openai_gateway_config
+    env: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+_CHAT = RequestSpec(
+    path="/v1/chat/completions",
+    body=_chat_body(stream=False),
+    check=check_chat_completion,
+    expect_suffix=b"}",
+)
+_CHAT_STREAM = RequestSpec(
+    path="/v1/chat/completions",
+    body=_chat_body(stream=True),
+    check=check_chat_stream,
+    expect_suffix=b"data: [DONE]\n\n",
+)
+
+CHAT = Workload("chat", "non-streamed", upstream_request=_CHAT, gateway_request=_CHAT)
+CHAT_STREAM = Workload(
+    "chat-stream", "streamed", upstream_request=_CHAT_STREAM, gateway_request=_CHAT_STREAM
+)
+
+# TODO: cases still to add, each measured against the same floor: a Bedrock event-stream
+# workload (needs a Bedrock route in mock_upstream.py), the gateway with the default policy on,
+# with usage events on, and behind a TLS listener.
+CASES: tuple[Case, ...] = (
+    Case("gateway-chat", CHAT, description="OpenAI to OpenAI pass-through, non-streamed"),
+    Case("gateway-chat-stream", CHAT_STREAM, description="OpenAI to OpenAI pass-through, SSE"),
+)
