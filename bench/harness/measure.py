@@ -91,6 +91,8 @@ class TargetRecord:
     """A target under measurement and the results of its rounds so far."""
 
     target: Target
+    # Unique in the run, for log and body file names: the workload and target, or the case.
+    label: str
     body_file: Path
     latency_rounds: list[dict[str, object]] = field(default_factory=list)
     saturation_rounds: list[dict[str, object]] = field(default_factory=list)
@@ -118,12 +120,12 @@ def probe(target: Target, timeout_s: float = 10.0) -> None:
         raise RuntimeError(f"probe of {target.name} returned an invalid body: {problem}")
 
 
-def prepare_target(target: Target, work_dir: Path) -> TargetRecord:
+def prepare_target(target: Target, work_dir: Path, label: str) -> TargetRecord:
     """Probe ``target`` and write its request body where wrk and the generator read it."""
     probe(target)
-    body_file = work_dir / f"body-{target.name}.json"
+    body_file = work_dir / f"body-{label}.json"
     body_file.write_bytes(target.request.body)
-    return TargetRecord(target, body_file)
+    return TargetRecord(target, label, body_file)
 
 
 def _wrk_argv(settings: MeasureSettings, url: str, duration_s: float) -> list[str]:
@@ -173,12 +175,13 @@ def run_wrk(
     }
     if warmup_s > 0:
         warmup = _wrk_argv(settings, target.url, warmup_s)
-        procs.run(f"wrk-warmup-{target.name}", warmup, env, warmup_s + 30)
+        procs.run(f"wrk-warmup-{record.label}", warmup, env, warmup_s + 30)
     cpu_times = read_cpu_times()
     server_cpu_s = _server_cpu_seconds(target)
     started = time.monotonic()
     argv = _wrk_argv(settings, target.url, duration_s)
-    code, output = procs.run(f"wrk-{target.name}", argv, env, duration_s + 30)
+    log_name = f"wrk-{record.label}-round{len(record.saturation_rounds) + 1}"
+    code, output = procs.run(log_name, argv, env, duration_s + 30)
     elapsed_s = time.monotonic() - started
     cpu_busy = cpu_busy_percent(cpu_times, read_cpu_times())
     server_cpu_s = _server_cpu_seconds(target) - server_cpu_s
@@ -212,7 +215,10 @@ def run_loadgen(
     ]  # fmt: skip
     timeout_s = duration_s + warmup_s + 60
     code, output = procs.run(
-        f"loadgen-{target.name}", pinned(argv, settings.client_cpus), None, timeout_s
+        f"loadgen-{record.label}-round{len(record.latency_rounds) + 1}",
+        pinned(argv, settings.client_cpus),
+        None,
+        timeout_s,
     )
     if code != 0:
         raise RuntimeError(f"loadgen against {target.name} exited with code {code}:\n{output}")

@@ -102,7 +102,7 @@ def upstream_target(run: RunContext, workload: Workload) -> TargetRecord:
         server_pgid=run.upstream_pgid,
         reference_only=True,
     )
-    return prepare_target(target, run.work_dir)
+    return prepare_target(target, run.work_dir, f"upstream-{workload.name}")
 
 
 def start_floor(run: RunContext, workload: Workload, servers: contextlib.ExitStack) -> TargetRecord:
@@ -120,7 +120,7 @@ def start_floor(run: RunContext, workload: Workload, servers: contextlib.ExitSta
         AUTHORIZATION,
         server_pgid=started.process.pid,
     )
-    return prepare_target(target, run.work_dir)
+    return prepare_target(target, run.work_dir, name)
 
 
 def _gateway_argv(run: RunContext, config_path: Path, port: int) -> list[str]:
@@ -138,7 +138,7 @@ def start_gateway(run: RunContext, case: Case, servers: contextlib.ExitStack) ->
     """Write the case's config, start the gateway on the proxy CPU, and probe it."""
     port = free_port()
     context = GatewayContext(port=port, upstream_url=run.upstream_url, workdir=run.work_dir)
-    config_path = run.work_dir / f"gateway-{case.name}.yaml"
+    config_path = run.work_dir / f"config-{case.name}.yaml"
     config_path.write_text(yaml.safe_dump(case.build_config(context), sort_keys=False))
     env = {**os.environ, UPSTREAM_KEY_ENV: FAKE_UPSTREAM_KEY, **case.env}
     argv = pinned(_gateway_argv(run, config_path, port), run.plan.proxy)
@@ -151,4 +151,4 @@ def start_gateway(run: RunContext, case: Case, servers: contextlib.ExitStack) ->
         AUTHORIZATION,
         server_pgid=started.process.pid,
     )
-    return prepare_target(target, run.work_dir)
+    return prepare_target(target, run.work_dir, case.name)

@@ -158,3 +158,24 @@ async def test_upstream_auth_failure_is_gateway_error() -> None:
         assert "rejected the gateway's credential (HTTP 401)" in str(caught.value)
     finally:
         await stop_stack(stack)
+
+
+async def test_disconnect_logs_no_traceback(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """A caller leaving mid-stream is routine: logged at INFO, never as an unexpected error."""
+    body = {
+        "model": "gpt-4o",
+        "stream": True,
+        "messages": [{"role": "user", "content": "story " * 200}],
+    }
+    stack.openai.faults.append(Fault(chunk_delay=0.05))
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            stack.url + "/v1/chat/completions",
+            data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {VIRTUAL_KEY}"},
+        )
+        await response.content.readany()
+        response.close()
+    await asyncio.sleep(0.3)
+    errors = [r for r in caplog.records if r.levelno >= 40 and r.name.startswith("smartflow")]
+    assert errors == []

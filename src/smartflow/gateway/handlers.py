@@ -263,25 +263,26 @@ class Gateway:
         try:
             await response.prepare(request)
             await response.write(stream.first)
-            async for chunk in stream.rest:
-                await response.write(chunk)
-        except UpstreamError as exc:
-            logger.warning(
-                "request %s: stream from %s failed after it started: %s",
-                exchange.request_id,
-                stream.deployment.label,
-                exc.message,
-            )
-            await response.write(ingress.make_encoder(canonical).encode_error(exc))
-        except (ConnectionResetError, ConnectionError):
+            try:
+                async for chunk in stream.rest:
+                    await response.write(chunk)
+            except UpstreamError as exc:
+                logger.warning(
+                    "request %s: stream from %s failed after it started: %s",
+                    exchange.request_id,
+                    stream.deployment.label,
+                    exc.message,
+                )
+                await response.write(ingress.make_encoder(canonical).encode_error(exc))
+            await response.write_eof()
+        except ConnectionError:
+            # Writing to a caller that has gone away; the upstream is closed below.
             logger.info(
                 "request %s: client disconnected mid-stream; upstream request cancelled",
                 exchange.request_id,
             )
-            return response
         finally:
             stream.close()
-        await response.write_eof()
         return response
 
     # --- helpers ---------------------------------------------------------------------
