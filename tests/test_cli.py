@@ -28,7 +28,14 @@ def _free_port() -> int:
 
 
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_ENDPOINT"))}
+    # Nothing that could make `smartflow up` use a real provider may reach the child.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith(("_API_KEY", "_ENDPOINT", "_ACCESS_TOKEN", "_CREDENTIALS"))
+        and not k.startswith("AWS_")
+    }
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     env["SMARTFLOW_LOG_LEVEL"] = "WARNING"
     return env
 
@@ -73,7 +80,7 @@ def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
     assert content.startswith("Hello from claude-sonnet-4-5")
     assert content.endswith("You said: hi")
     models = {m.id for m in gpt.models.list()}
-    assert {"gpt-4o", "gpt-4o-mini", "azure-gpt-4o", "claude-sonnet-4-5"} <= models
+    assert {"gpt-4o", "azure-gpt-4o", "claude-sonnet-4-5", "bedrock-llama-3-1-70b", "gemini-2.5-flash", "command-a"} <= models
 
     for model in sorted(models):
         answer = gpt.chat.completions.create(
@@ -95,7 +102,7 @@ def test_up_prints_models_and_simulated_providers(up: tuple[str, subprocess.Pope
     stdout, _ = process.communicate(timeout=10)
     assert "Smartflow gateway ready at http://127.0.0.1:" in stdout
     assert "gpt-4o-mini" in stdout
-    for provider in ("openai", "azure", "anthropic"):
+    for provider in ("openai", "azure", "anthropic", "bedrock", "gemini", "cohere"):
         assert f"Provider {provider}: simulated at http://127.0.0.1:" in stdout
 
 

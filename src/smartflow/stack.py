@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
 from smartflow.auth.keys import hash_key
 from smartflow.config.schema import parse_config
 from smartflow.gateway.app import RunningGateway, build_app, start_gateway
 from smartflow.providers.anthropic import AnthropicProvider
 from smartflow.providers.base import Provider, Secret
+from smartflow.providers.bedrock import BedrockProvider
+from smartflow.providers.cohere import CohereProvider
+from smartflow.providers.gemini import GeminiProvider
 from smartflow.providers.openai import AzureOpenAIProvider, OpenAIProvider
 from smartflow.sim.anthropic import AnthropicSimulator
 from smartflow.sim.azure import AzureOpenAISimulator
 from smartflow.sim.base import Simulator
+from smartflow.sim.bedrock import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, BedrockSimulator
+from smartflow.sim.cohere import CohereSimulator
+from smartflow.sim.gemini import GeminiSimulator
 from smartflow.sim.openai import OpenAISimulator
 
 __all__ = ["DEFAULT_MODELS", "LocalStack", "start_local_stack"]
@@ -38,10 +46,90 @@ DEFAULT_MODELS: dict[str, list[tuple[str, str]]] = {
     "claude-sonnet-4-5": [("anthropic", "claude-sonnet-4-5")],
     "claude-haiku-4-5": [("anthropic", "claude-haiku-4-5")],
     "claude-opus-4-6": [("anthropic", "claude-opus-4-6")],
+    "bedrock-claude-3-5-sonnet": [("bedrock", "anthropic.claude-3-5-sonnet-20241022-v2:0")],
+    "bedrock-llama-3-1-70b": [("bedrock", "meta.llama3-1-70b-instruct-v1:0")],
+    "gemini-2.5-flash": [("gemini", "gemini-2.5-flash")],
+    "gemini-2.5-pro": [("gemini", "gemini-2.5-pro")],
+    "command-a": [("cohere", "command-a-03-2025")],
+    "command-a-vision": [("cohere", "command-a-vision-07-2025")],
 }
 
 # The key the gateway sends to the stack's simulators, which accept any non-empty key.
 _SIMULATOR_KEY = "sim-local-key"
+_SIMULATOR_REGION = "us-east-1"
+
+
+@dataclass(slots=True, frozen=True)
+class _ProviderSpec:
+    """How to run one provider for real, or else simulated."""
+
+    name: str
+    real_when: tuple[str, ...]
+    """Environment variables that must all be set to use the real provider."""
+    real_config: Callable[[Mapping[str, str]], dict[str, Any]]
+    simulator: Callable[[], Simulator]
+    adapter: Callable[[str], Provider]
+    """Builds the adapter that talks to the simulator at the given base URL."""
+
+
+def _bedrock_adapter(url: str) -> Provider:
+    credentials = Credentials(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)
+    return BedrockProvider(
+        "bedrock", region=_SIMULATOR_REGION, credentials=credentials, endpoint_url=url
+    )
+
+
+_PROVIDERS = (
+    _ProviderSpec(
+        "openai",
+        ("OPENAI_API_KEY",),
+        lambda env: {"type": "openai", "api_key_env": "OPENAI_API_KEY"},
+        OpenAISimulator,
+        lambda url: OpenAIProvider("openai", api_key=Secret(_SIMULATOR_KEY), base_url=url + "/v1"),
+    ),
+    _ProviderSpec(
+        "azure",
+        ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"),
+        lambda env: {
+            "type": "azure_openai",
+            "base_url": env["AZURE_OPENAI_ENDPOINT"],
+            "api_version": env.get("OPENAI_API_VERSION", "2024-10-21"),
+            "api_key_env": "AZURE_OPENAI_API_KEY",
+        },
+        AzureOpenAISimulator,
+        lambda url: AzureOpenAIProvider(
+            "azure", api_key=Secret(_SIMULATOR_KEY), base_url=url, api_version="2024-10-21"
+        ),
+    ),
+    _ProviderSpec(
+        "anthropic",
+        ("ANTHROPIC_API_KEY",),
+        lambda env: {"type": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"},
+        AnthropicSimulator,
+        lambda url: AnthropicProvider("anthropic", api_key=Secret(_SIMULATOR_KEY), base_url=url),
+    ),
+    _ProviderSpec(
+        "bedrock",
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"),
+        lambda env: {"type": "bedrock", "region": env["AWS_REGION"]},
+        BedrockSimulator,
+        _bedrock_adapter,
+    ),
+    _ProviderSpec(
+        "gemini",
+        ("GEMINI_API_KEY",),
+        lambda env: {"type": "gemini", "api_key_env": "GEMINI_API_KEY"},
+        GeminiSimulator,
+        lambda url: GeminiProvider("gemini", api_key=Secret(_SIMULATOR_KEY), base_url=url),
+    ),
+    _ProviderSpec(
+        "cohere",
+        ("CO_API_KEY",),
+        lambda env: {"type": "cohere", "api_key_env": "CO_API_KEY"},
+        CohereSimulator,
+        lambda url: CohereProvider("cohere", api_key=Secret(_SIMULATOR_KEY), base_url=url),
+    ),
+)
 
 
 @dataclass(slots=True)
@@ -55,7 +143,7 @@ class LocalStack:
         lines = [f"Smartflow gateway ready at {self.gateway.url}", "", "Models served:"]
         for model, deployments in DEFAULT_MODELS.items():
             chain = " -> ".join(f"{provider}:{name}" for provider, name in deployments)
-            lines.append(f"  {model:<20} {chain}")
+            lines.append(f"  {model:<26} {chain}")
         lines.append("")
         for name, (_, url) in self.simulators.items():
             lines.append(f"Provider {name}: simulated at {url} (no credentials set)")
@@ -90,73 +178,41 @@ async def start_local_stack(
     env = os.environ if environ is None else environ
     simulators: dict[str, tuple[Simulator, str]] = {}
     real: list[str] = []
-    providers: dict[str, Provider] = {}
+    adapters: dict[str, Provider] = {}
     provider_config: dict[str, Any] = {}
 
-    if env.get("OPENAI_API_KEY"):
-        provider_config["openai"] = {"type": "openai", "api_key_env": "OPENAI_API_KEY"}
-        real.append("openai")
-    else:
-        sim_openai = OpenAISimulator()
-        url = await sim_openai.start()
-        simulators["openai"] = (sim_openai, url)
-        providers["openai"] = OpenAIProvider(
-            "openai", api_key=Secret(_SIMULATOR_KEY), base_url=url + "/v1"
-        )
-
-    if env.get("AZURE_OPENAI_API_KEY") and env.get("AZURE_OPENAI_ENDPOINT"):
-        provider_config["azure"] = {
-            "type": "azure_openai",
-            "base_url": env["AZURE_OPENAI_ENDPOINT"],
-            "api_version": env.get("OPENAI_API_VERSION", "2024-10-21"),
-            "api_key_env": "AZURE_OPENAI_API_KEY",
-        }
-        real.append("azure")
-    else:
-        sim_azure = AzureOpenAISimulator()
-        url = await sim_azure.start()
-        simulators["azure"] = (sim_azure, url)
-        providers["azure"] = AzureOpenAIProvider(
-            "azure", api_key=Secret(_SIMULATOR_KEY), base_url=url, api_version="2024-10-21"
-        )
-
-    if env.get("ANTHROPIC_API_KEY"):
-        provider_config["anthropic"] = {"type": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}
-        real.append("anthropic")
-    else:
-        sim_anthropic = AnthropicSimulator()
-        url = await sim_anthropic.start()
-        simulators["anthropic"] = (sim_anthropic, url)
-        providers["anthropic"] = AnthropicProvider(
-            "anthropic", api_key=Secret(_SIMULATOR_KEY), base_url=url
-        )
-
-    # Real providers go through the config, so their credentials resolve as in a
-    # configured gateway. Simulated ones are injected as ready adapters.
-    config = parse_config(
-        {
-            "server": {"host": host, "port": port},
-            "providers": {
-                **provider_config,
-                **{
-                    name: {"type": p.kind, "base_url": "http://127.0.0.1", "api_version": "v1"}
-                    if p.kind == "azure_openai"
-                    else {"type": p.kind}
-                    for name, p in providers.items()
-                },
-            },
-            "models": {
-                model: [{"provider": p, "model": m} for p, m in deployments]
-                for model, deployments in DEFAULT_MODELS.items()
-            },
-            "keys": [{"name": "development", "sha256": hash_key(dev_key), "team": "development"}],
-        },
-        "built-in defaults",
-    )
-    app = build_app(config, env, providers=providers)
     try:
+        for spec in _PROVIDERS:
+            if all(env.get(variable) for variable in spec.real_when):
+                provider_config[spec.name] = spec.real_config(env)
+                real.append(spec.name)
+                continue
+            simulator = spec.simulator()
+            url = await simulator.start()
+            simulators[spec.name] = (simulator, url)
+            adapters[spec.name] = spec.adapter(url)
+            # Declared so that routes can name it; the ready adapter replaces it.
+            provider_config[spec.name] = {"type": "openai", "api_key_env": "UNUSED"}
+
+        # Real providers go through the config, so their credentials resolve as in a
+        # configured gateway. Simulated ones are injected as ready adapters.
+        config = parse_config(
+            {
+                "server": {"host": host, "port": port},
+                "providers": provider_config,
+                "models": {
+                    model: [{"provider": p, "model": m} for p, m in deployments]
+                    for model, deployments in DEFAULT_MODELS.items()
+                },
+                "keys": [
+                    {"name": "development", "sha256": hash_key(dev_key), "team": "development"}
+                ],
+            },
+            "built-in defaults",
+        )
+        app = build_app(config, env, providers=adapters)
         gateway = await start_gateway(app, host, port)
-    except OSError:
+    except BaseException:
         for simulator, _ in simulators.values():
             await simulator.stop()
         raise

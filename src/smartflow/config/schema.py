@@ -24,7 +24,9 @@ __all__ = [
     "parse_config",
 ]
 
-ProviderType = Literal["openai", "azure_openai", "anthropic", "gemini", "vertex_gemini", "cohere"]
+ProviderType = Literal[
+    "openai", "azure_openai", "anthropic", "gemini", "vertex_gemini", "cohere", "bedrock"
+]
 
 _SECRET_FIELDS = ("api_key", "key", "secret", "token", "password")
 
@@ -62,6 +64,22 @@ class ProviderSettings(_Strict):
     credentials_file: str | None = None
     """vertex_gemini only: a service-account key file, exchanged for access tokens with
     google-auth. Without it, api_key_env or api_key_file names a static access token."""
+    region: str | None = None
+    """bedrock only: the AWS region of the bedrock-runtime endpoint, such as us-east-1."""
+    api: Literal["converse", "invoke"] = "converse"
+    """bedrock only: ``converse`` for any chat model, ``invoke`` for Claude's own body."""
+    aws_profile: str | None = None
+    """bedrock only: take the credentials from this profile of the shared credentials
+    file, not from the environment."""
+    aws_credentials_file: str | None = None
+    """bedrock only: the shared credentials file. Default: $AWS_SHARED_CREDENTIALS_FILE,
+    else ~/.aws/credentials."""
+    aws_access_key_id_env: str | None = None
+    """bedrock only: the variable with the access key id, in place of AWS_ACCESS_KEY_ID."""
+    aws_secret_access_key_env: str | None = None
+    """bedrock only: the variable with the secret key, in place of AWS_SECRET_ACCESS_KEY."""
+    aws_session_token_env: str | None = None
+    """bedrock only: the variable with the session token, in place of AWS_SESSION_TOKEN."""
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +120,38 @@ class ProviderSettings(_Strict):
                 "'vertex_project', 'vertex_location' and 'credentials_file' apply to "
                 "vertex_gemini only"
             )
+        if self.type == "bedrock":
+            self._check_bedrock()
+        elif self.region or self.api != "converse" or self._aws_fields():
+            raise ValueError("'region', 'api' and the 'aws_*' fields apply to bedrock only")
         return self
+
+    def _aws_fields(self) -> list[str]:
+        names = (
+            "aws_profile",
+            "aws_credentials_file",
+            "aws_access_key_id_env",
+            "aws_secret_access_key_env",
+            "aws_session_token_env",
+        )
+        return [name for name in names if getattr(self, name)]
+
+    def _check_bedrock(self) -> None:
+        if not self.region:
+            raise ValueError("'region' is required for bedrock, e.g. us-east-1")
+        if self.api_key_env or self.api_key_file:
+            raise ValueError(
+                "bedrock signs requests with AWS credentials, not an API key: remove "
+                "'api_key_env'/'api_key_file' and set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or name a profile in 'aws_profile'"
+            )
+        named = self.aws_access_key_id_env or self.aws_secret_access_key_env
+        if self.aws_profile and (named or self.aws_session_token_env):
+            raise ValueError("set either 'aws_profile' or the 'aws_*_env' names, not both")
+        if bool(self.aws_access_key_id_env) != bool(self.aws_secret_access_key_env):
+            raise ValueError(
+                "set both 'aws_access_key_id_env' and 'aws_secret_access_key_env', or neither"
+            )
 
 
 class DeploymentSettings(_Strict):

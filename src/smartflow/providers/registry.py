@@ -11,6 +11,7 @@ from smartflow.config.schema import ProviderSettings
 from smartflow.core.errors import ConfigError
 from smartflow.providers.anthropic import AnthropicProvider
 from smartflow.providers.base import Provider, Secret
+from smartflow.providers.bedrock import BedrockProvider, load_aws_credentials
 from smartflow.providers.cohere import CohereProvider
 from smartflow.providers.gemini import GeminiProvider, VertexGeminiProvider
 from smartflow.providers.openai import AzureOpenAIProvider, OpenAIProvider
@@ -61,6 +62,8 @@ def resolve_credential(
 def build_provider(
     name: str, settings: ProviderSettings, environ: Mapping[str, str] | None = None
 ) -> Provider:
+    if settings.type == "bedrock":
+        return _build_bedrock(name, settings, environ)
     if settings.type == "vertex_gemini":
         assert settings.vertex_project is not None and settings.vertex_location is not None
         if settings.credentials_file:
@@ -95,4 +98,29 @@ def build_provider(
         api_key=api_key,
         base_url=settings.base_url,
         anthropic_version=settings.anthropic_version,
+    )
+
+
+def _build_bedrock(
+    name: str, settings: ProviderSettings, environ: Mapping[str, str] | None
+) -> BedrockProvider:
+    assert settings.region is not None
+    named = {
+        "access_key": settings.aws_access_key_id_env,
+        "secret_key": settings.aws_secret_access_key_env,
+        "token": settings.aws_session_token_env,
+    }
+    credentials = load_aws_credentials(
+        name,
+        environ=environ,
+        profile=settings.aws_profile,
+        credentials_file=settings.aws_credentials_file,
+        env_names={key: value for key, value in named.items() if value} or None,
+    )
+    return BedrockProvider(
+        name,
+        region=settings.region,
+        credentials=credentials,
+        endpoint_url=settings.base_url,
+        api=settings.api,
     )
