@@ -601,8 +601,8 @@ async def test_response_names_bedrock_model(bedrock: BedrockStack, stream: bool)
     assert models == {SONNET}
 
 
-async def test_upstream_validation_message_reaches_caller(bedrock: BedrockStack) -> None:
-    # Llama 3 8B takes no tools, and the simulator rejects them as Bedrock does.
+async def test_tools_to_model_without_tools_rejected(bedrock: BedrockStack) -> None:
+    # Llama 3 8B takes no tools: the capability profile rejects them before any call.
     with pytest.raises(openai.BadRequestError) as caught:
         await openai_chat(
             bedrock.url,
@@ -613,8 +613,8 @@ async def test_upstream_validation_message_reaches_caller(bedrock: BedrockStack)
         )
 
     assert caught.value.status_code == 400
-    assert "(ValidationException): This model doesn't support tool use." in str(caught.value)
-    assert len(bedrock.sim.requests) == 1
+    assert "does not accept tools" in str(caught.value)
+    assert len(bedrock.sim.requests) == 0
 
 
 # --- request features -------------------------------------------------------------------

@@ -32,6 +32,8 @@ class Caller:
     key_name: str
     team: str
     user: str | None
+    labels: tuple[str, ...] = ()
+    strict_params: bool = False
 
 
 class KeyStore:

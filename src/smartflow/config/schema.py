@@ -159,6 +159,15 @@ class DeploymentSettings(_Strict):
 
     provider: str
     model: str
+    site: str | None = None
+    """Where the deployment runs (such as on-prem or cloud), for residency rules.
+    Default: the instance's own site."""
+    base_model: str | None = None
+    """The model family name to normalise parameters for, when ``model`` is an Azure
+    deployment name or an alias the capability profiles do not know."""
+    pinned: dict[str, Any] = {}
+    """Parameters applied after the caller's values, such as ``top_k`` or
+    ``thinking_budget``. On fallback, the first deployment's pins carry over."""
 
 
 class KeySettings(_Strict):
@@ -168,6 +177,10 @@ class KeySettings(_Strict):
     sha256: str
     team: str = "default"
     user: str | None = None
+    labels: list[str] = []
+    """Classification labels every request with this key carries, for compliance rules."""
+    strict_params: bool = False
+    """Reject a request whose parameters would have to change for its target model."""
 
     @field_validator("sha256")
     @classmethod
@@ -194,8 +207,32 @@ class TimeoutSettings(_Strict):
     """Longest wait for the next bytes from an upstream, including the first ones."""
 
 
+class AdminToken(_Strict):
+    """A token for the admin API, stored as the SHA-256 of the token text."""
+
+    name: str
+    sha256: str
+    role: Literal["admin", "policy_editor", "viewer"] = "admin"
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        return KeySettings._hex_digest(value)
+
+
+class NormalizationSettings(_Strict):
+    profiles_dir: str | None = None
+    """A directory of YAML capability profiles that extend or override the built-in ones."""
+    strict: bool = False
+    """Reject, instead of change, parameters a target cannot take, for every caller."""
+
+
 class GatewayConfig(_Strict):
+    state_dir: str = ".smartflow"
+    """Directory for state the instance keeps across restarts, such as policy versions."""
     server: ServerSettings = ServerSettings()
+    admin_tokens: list[AdminToken] = []
+    normalization: NormalizationSettings = NormalizationSettings()
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, list[DeploymentSettings]] = {}
     keys: list[KeySettings] = []

@@ -13,6 +13,7 @@ from smartflow.auth.keys import Caller, KeyStore
 from smartflow.config.schema import GatewayConfig
 from smartflow.gateway.handlers import Gateway
 from smartflow.gateway.upstream import Dispatcher
+from smartflow.normalize import load_profiles
 from smartflow.providers.base import Deployment, Provider
 from smartflow.providers.registry import build_provider
 from smartflow.routing.router import Router
@@ -38,14 +39,28 @@ def build_app(
         if name not in adapters:
             adapters[name] = build_provider(name, settings, environ)
     routes = {
-        model: [Deployment(model, adapters[d.provider], d.model) for d in deployments]
+        model: [
+            Deployment(
+                model,
+                adapters[d.provider],
+                d.model,
+                site=d.site or config.server.site,
+                base_model=d.base_model,
+                pinned=d.pinned,
+            )
+            for d in deployments
+        ]
         for model, deployments in config.models.items()
     }
+    profiles = load_profiles(config.normalization.profiles_dir)
     owners = {
         model: adapters[deployments[0].provider].kind
         for model, deployments in config.models.items()
     }
-    keys = KeyStore((k.sha256, Caller(k.name, k.team, k.user)) for k in config.keys)
+    keys = KeyStore(
+        (k.sha256, Caller(k.name, k.team, k.user, tuple(k.labels), k.strict_params))
+        for k in config.keys
+    )
     if not len(keys):
         logger.warning("no virtual keys are configured: every request will get 401")
 
@@ -60,7 +75,12 @@ def build_app(
         yield
         await session.close()
 
-    dispatcher = Dispatcher(None, config.retry, read_timeout=config.timeouts.read_s)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(
+        None,  # type: ignore[arg-type]
+        config.retry,
+        read_timeout=config.timeouts.read_s,
+        profiles=profiles,
+    )
     gateway = Gateway(
         router=Router(routes),
         keys=keys,
@@ -68,6 +88,7 @@ def build_app(
         max_body_bytes=config.server.max_body_bytes,
         access_log=config.server.access_log,
         owners=owners,
+        strict_params=config.normalization.strict,
     )
     gateway.add_routes(app)
     app.middlewares.append(gateway.dialect_errors)

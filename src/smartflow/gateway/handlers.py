@@ -26,6 +26,7 @@ from smartflow.core.types import ChatRequest, ImagePart
 from smartflow.dialects.anthropic import requests as anthropic_requests
 from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
 from smartflow.gateway.upstream import Dispatcher, Exchange
+from smartflow.normalize import report_header
 from smartflow.providers.anthropic import AnthropicProvider
 from smartflow.routing.router import Router
 
@@ -35,6 +36,11 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("smartflow.access")
 
 _JSON = "application/json"
+
+# Lists each parameter changed to fit the target model: name, rule, before and after.
+PARAMS_HEADER = "x-smartflow-params"
+# A request with this header set to true is rejected rather than changed.
+STRICT_HEADER = "x-smartflow-strict-params"
 
 
 class Gateway:
@@ -50,7 +56,9 @@ class Gateway:
         access_log: bool = True,
         owners: dict[str, str] | None = None,
         body_timeout: float = 30.0,
+        strict_params: bool = False,
     ) -> None:
+        self.strict_params = strict_params
         self.body_timeout = body_timeout
         self.router = router
         self.keys = keys
@@ -199,6 +207,11 @@ class Gateway:
             model = canonical.model[:100]
             deployments = self.router.deployments(canonical.model)
             exchange = Exchange(request_id, ingress.name, body, canonical, request.headers)
+            exchange.strict_params = (
+                self.strict_params
+                or caller.strict_params
+                or request.headers.get(STRICT_HEADER, "").lower() in ("1", "true")
+            )
             if canonical.stream:
                 response = await self._stream(request, ingress, exchange, deployments, caller)
                 served = response.headers.get("x-smartflow-deployment", "-")
@@ -212,7 +225,11 @@ class Gateway:
             return web.Response(
                 body=payload,
                 content_type=_JSON,
-                headers={ingress.request_id_header: request_id, "x-smartflow-deployment": served},
+                headers={
+                    ingress.request_id_header: request_id,
+                    "x-smartflow-deployment": served,
+                    PARAMS_HEADER: _params_report(exchange),
+                },
             )
         except SmartflowError as exc:
             status = exc.status
@@ -258,6 +275,7 @@ class Gateway:
                 "Cache-Control": "no-cache",
                 ingress.request_id_header: exchange.request_id,
                 "x-smartflow-deployment": stream.deployment.label,
+                PARAMS_HEADER: _params_report(exchange),
             },
         )
         try:
@@ -323,6 +341,13 @@ class Gateway:
         status, body, headers = ingress.render_error(error)
         headers[ingress.request_id_header] = request_id
         return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+def _params_report(exchange: Exchange) -> str:
+    """Render the parameters that were not passed as is, or ``none``."""
+    if exchange.normalized is None or not exchange.normalized.changes:
+        return "none"
+    return report_header(exchange.normalized.changes)
 
 
 def _too_large(limit: int) -> RequestTooLarge:

@@ -32,6 +32,10 @@ from smartflow.core.errors import (
 )
 from smartflow.core.stream import StreamEvent
 from smartflow.core.types import ChatRequest
+from smartflow.dialects.anthropic.requests import patch_body as patch_anthropic_body
+from smartflow.dialects.openai.requests import patch_body as patch_openai_body
+from smartflow.gateway.params import JsonToolEncoder, fit, json_tool_response
+from smartflow.normalize import Normalized, ProfileSet
 from smartflow.providers.base import Deployment
 
 __all__ = ["Attempt", "Dispatcher", "Encoder", "OpenStream"]
@@ -39,6 +43,8 @@ __all__ = ["Attempt", "Dispatcher", "Encoder", "OpenStream"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_PATCHERS = {"openai": patch_openai_body, "anthropic": patch_anthropic_body}
 
 
 class Encoder(Protocol):
@@ -66,6 +72,10 @@ class Exchange:
     request: ChatRequest
     client_headers: Mapping[str, str]
     attempts: list[Attempt] = field(default_factory=list)
+    strict_params: bool = False
+    normalized: Normalized | None = None
+    """The normalisation of the latest attempt, whose changes the response reports."""
+    primary: Deployment | None = None
 
 
 @dataclass(slots=True)
@@ -103,11 +113,17 @@ def _map_transport_error(
 
 class Dispatcher:
     def __init__(
-        self, session: aiohttp.ClientSession, retry: RetrySettings, *, read_timeout: float
+        self,
+        session: aiohttp.ClientSession,
+        retry: RetrySettings,
+        *,
+        read_timeout: float,
+        profiles: ProfileSet | None = None,
     ) -> None:
         self.session = session
         self.retry = retry
         self.read_timeout = read_timeout
+        self.profiles = profiles
 
     # --- the retry and fallback loop ------------------------------------------------
 
@@ -123,6 +139,7 @@ class Dispatcher:
     ) -> T:
         last_error: UpstreamError | None = None
         tries = self.retry.attempts_per_deployment
+        exchange.primary = deployments[0]
         for position, deployment in enumerate(deployments):
             for attempt in range(tries):
                 record = Attempt(deployment.label)
@@ -164,11 +181,25 @@ class Dispatcher:
 
     def _payload(self, exchange: Exchange, deployment: Deployment) -> tuple[bytes, bool]:
         provider = deployment.provider
-        passthrough = provider.dialect == exchange.dialect
+        normalized = fit(
+            exchange.request,
+            deployment,
+            primary=exchange.primary or deployment,
+            strict=exchange.strict_params,
+            profiles=self.profiles,
+        )
+        exchange.normalized = normalized
+        # A JSON schema answered through a forced tool changes the request's shape,
+        # which only the translated path can express.
+        passthrough = provider.dialect == exchange.dialect and normalized.json_tool is None
         if passthrough:
             body = provider.passthrough_body(exchange.body, deployment.model)
+            changed = {change.param for change in normalized.changes}
+            if changed:
+                patch = _PATCHERS[exchange.dialect]
+                body = patch(body, normalized.request, changed, deployment.model)
         else:
-            body = provider.build_body(exchange.request, deployment.model)
+            body = provider.build_body(normalized.request, deployment.model)
         try:
             return orjson.dumps(body), passthrough
         except orjson.JSONEncodeError as exc:
@@ -233,7 +264,11 @@ class Dispatcher:
                     f"{deployment.provider.name} returned a body that is not JSON.",
                     provider=deployment.provider.name,
                 ) from exc
-            return render(deployment.provider.parse_response(data)), deployment
+            parsed = deployment.provider.parse_response(data)
+            json_tool = exchange.normalized.json_tool if exchange.normalized else None
+            if json_tool is not None:
+                parsed = json_tool_response(parsed, json_tool)
+            return render(parsed), deployment
 
         return await self._with_fallback(exchange, deployments, call)
 
@@ -251,7 +286,11 @@ class Dispatcher:
             if passthrough:
                 chunks = self._raw_chunks(response, deployment)
             else:
-                chunks = self._translated_chunks(response, deployment, make_encoder())
+                encoder = make_encoder()
+                json_tool = exchange.normalized.json_tool if exchange.normalized else None
+                if json_tool is not None:
+                    encoder = JsonToolEncoder(encoder, json_tool)
+                chunks = self._translated_chunks(response, deployment, encoder)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from smartflow.core.errors import UpstreamError
@@ -96,6 +96,10 @@ class Deployment:
     public_model: str
     provider: Provider
     model: str
+    site: str = "local"
+    base_model: str | None = None
+    """The model name capability profiles know, when ``model`` is a deployment name."""
+    pinned: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

@@ -30,7 +30,7 @@ from smartflow.dialects._validate import (
     expect_str,
 )
 
-__all__ = ["DEFAULT_MAX_TOKENS", "build_request", "parse_request"]
+__all__ = ["DEFAULT_MAX_TOKENS", "build_request", "parse_request", "patch_body"]
 
 # Anthropic requires max_tokens; this is used when a request from another dialect
 # carries none and no capability profile supplies a default.
@@ -377,8 +377,19 @@ def build_request(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
         body["top_k"] = s.top_k
     if s.stop:
         body["stop_sequences"] = s.stop
+    output_config: dict[str, Any] = {}
     if s.thinking_budget is not None:
-        body["thinking"] = {"type": "enabled", "budget_tokens": s.thinking_budget}
+        if s.thinking_budget > 0:
+            body["thinking"] = {"type": "enabled", "budget_tokens": s.thinking_budget}
+        else:
+            body["thinking"] = {"type": "disabled"}
+    elif s.reasoning_effort is not None:
+        # Effort-driven models think adaptively; "none" turns thinking off.
+        if s.reasoning_effort == "none":
+            body["thinking"] = {"type": "disabled"}
+        else:
+            body["thinking"] = {"type": "adaptive"}
+            output_config["effort"] = s.reasoning_effort
     if request.tools:
         body["tools"] = [_render_tool(t, i) for i, t in enumerate(request.tools)]
     choice = _render_tool_choice(request)
@@ -387,7 +398,9 @@ def build_request(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
     fmt = request.response_format
     if fmt is not None and fmt.type != "text":
         schema = fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"}
-        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        output_config["format"] = {"type": "json_schema", "schema": schema}
+    if output_config:
+        body["output_config"] = output_config
     if request.stream:
         body["stream"] = True
     if request.user is not None:
@@ -429,3 +442,49 @@ def _render_tool_choice(request: ChatRequest) -> dict[str, Any] | None:
     if parallel is False:
         rendered["disable_parallel_tool_use"] = True
     return rendered
+
+
+# The body fields that carry each canonical parameter.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+    "top_k": ("top_k",),
+    "max_tokens": ("max_tokens",),
+    "stop": ("stop_sequences",),
+    "thinking_budget": ("thinking",),
+    "reasoning_effort": ("thinking", "output_config"),
+    "parallel_tool_calls": ("tool_choice",),
+    "tool_choice": ("tool_choice",),
+    "response_format": ("output_config",),
+    "user": ("metadata",),
+}
+
+
+def patch_body(
+    body: dict[str, Any], request: ChatRequest, params: set[str], model: str
+) -> dict[str, Any]:
+    """Rewrite only the fields of ``params`` in a pass-through body, from ``request``.
+
+    Everything else, unknown fields included, stays as the caller sent it. An
+    ``output_config`` keeps the caller's other keys.
+    """
+    built = build_request(request, model)
+    out = dict(body)
+    for param in params:
+        for name in _FIELDS.get(param, ()):
+            if name == "output_config":
+                merged = {
+                    k: v
+                    for k, v in (body.get("output_config") or {}).items()
+                    if k not in ("effort", "format")
+                }
+                merged.update(built.get("output_config", {}))
+                if merged:
+                    out["output_config"] = merged
+                else:
+                    out.pop("output_config", None)
+                continue
+            out.pop(name, None)
+            if name in built:
+                out[name] = built[name]
+    return out

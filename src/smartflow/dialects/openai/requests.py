@@ -28,7 +28,7 @@ from smartflow.dialects._validate import (
     expect_str,
 )
 
-__all__ = ["build_request", "parse_request", "split_data_url"]
+__all__ = ["build_request", "parse_request", "patch_body", "split_data_url"]
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
@@ -371,3 +371,40 @@ def _render_tool(tool: Tool, index: int) -> dict[str, Any]:
     if tool.strict is not None:
         function["strict"] = tool.strict
     return {"type": "function", "function": function}
+
+
+# The body fields that carry each canonical parameter.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+    "max_tokens": ("max_completion_tokens", "max_tokens"),
+    "stop": ("stop",),
+    "frequency_penalty": ("frequency_penalty",),
+    "presence_penalty": ("presence_penalty",),
+    "seed": ("seed",),
+    "n": ("n",),
+    "logprobs": ("logprobs",),
+    "top_logprobs": ("top_logprobs",),
+    "reasoning_effort": ("reasoning_effort",),
+    "parallel_tool_calls": ("parallel_tool_calls",),
+    "tool_choice": ("tool_choice",),
+    "response_format": ("response_format",),
+    "user": ("user",),
+}
+
+
+def patch_body(
+    body: dict[str, Any], request: ChatRequest, params: set[str], model: str
+) -> dict[str, Any]:
+    """Rewrite only the fields of ``params`` in a pass-through body, from ``request``.
+
+    Everything else, unknown fields included, stays as the caller sent it.
+    """
+    built = build_request(request, model)
+    out = dict(body)
+    for param in params:
+        for name in _FIELDS.get(param, ()):
+            out.pop(name, None)
+            if name in built:
+                out[name] = built[name]
+    return out
