@@ -128,8 +128,8 @@ class Dispatcher:
     # --- the retry and fallback loop ------------------------------------------------
 
     def _backoff(self, attempt: int) -> float:
-        base = min(self.retry.backoff_initial_s * (2**attempt), self.retry.backoff_max_s)
-        return base * (0.5 + random.random() / 2)
+        base = min(self.retry.backoff_initial_s * 2.0**attempt, self.retry.backoff_max_s)
+        return float(base * (0.5 + random.random() / 2))
 
     async def _with_fallback(
         self,

@@ -158,7 +158,8 @@ def _parse_tools(value: Any) -> list[Tool]:
         item = expect_dict(raw, f"tools[{i}]")
         kind = item.get("type", "custom")
         if kind != "custom" and "input_schema" not in item:
-            name = item.get("name") if isinstance(item.get("name"), str) else str(kind)
+            raw_name = item.get("name")
+            name = raw_name if isinstance(raw_name, str) else str(kind)
             tools.append(Tool(name=name, builtin=item, builtin_dialect="anthropic"))
             continue
         if "input_schema" not in item:

@@ -43,6 +43,10 @@ class StreamDecoder:
 
     def feed(self, data: str, event: str | None = None) -> list[StreamEvent]:
         event = orjson.loads(data)
+        if not isinstance(event, dict):
+            raise MalformedUpstreamResponse(
+                "Upstream stream event is not a JSON object.", provider=self.provider
+            )
         kind = event.get("type")
         if kind == "content_block_delta":
             return self._delta(event)
@@ -195,7 +199,7 @@ class StreamEncoder:
         if isinstance(event, StreamStart):
             if event.usage is not None:
                 self._usage = event.usage
-            message = {
+            message: dict[str, Any] = {
                 "id": message_id(event.id or "gateway"),
                 "type": "message",
                 "role": "assistant",
@@ -225,7 +229,7 @@ class StreamEncoder:
                 },
             )
             return out + _event("message_stop", {"type": "message_stop"})
-        return b""
+        raise TypeError(f"unknown stream event {type(event).__name__}")
 
     def encode_error(self, error: SmartflowError) -> bytes:
         return _event("error", error_body(error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from smartflow.core.errors import InvalidRequest
@@ -10,6 +11,7 @@ from smartflow.core.types import (
     ImagePart,
     Message,
     Part,
+    Role,
     ReasoningPart,
     ResponseFormat,
     Sampling,
@@ -30,7 +32,14 @@ from smartflow.dialects._validate import (
 
 __all__ = ["build_request", "parse_request", "patch_body", "split_data_url"]
 
-_ROLES = {"system", "developer", "user", "assistant", "tool"}
+# Dialect roles to canonical ones; "developer" is the newer name for "system".
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 
 
 def split_data_url(url: str) -> tuple[str, str] | None:
@@ -107,20 +116,19 @@ def _parse_message(raw: Any, path: str) -> Message:
             "assistant, tool.",
             param=f"{path}.role",
         )
-    if role == "developer":
-        role = "system"
     if role != "assistant" and "content" not in item:
         raise InvalidRequest(
             f"Missing required parameter: '{path}.content'.", param=f"{path}.content"
         )
-    message = Message(role=role, content=_parse_parts(item.get("content"), f"{path}.content"))
-    if role == "assistant":
+    canonical_role = _ROLES[role]
+    message = Message(canonical_role, content=_parse_parts(item.get("content"), f"{path}.content"))
+    if canonical_role == "assistant":
         if item.get("tool_calls"):
             message.tool_calls = _parse_tool_calls(item["tool_calls"], f"{path}.tool_calls")
         reasoning = item.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
             message.content.insert(0, ReasoningPart(reasoning))
-    if role == "tool":
+    if canonical_role == "tool":
         message.tool_call_id = expect_str(item.get("tool_call_id"), f"{path}.tool_call_id")
     if item.get("name") is not None:
         message.name = expect_str(item["name"], f"{path}.name")
@@ -133,7 +141,8 @@ def _parse_tools(value: Any) -> list[Tool]:
         item = expect_dict(raw, f"tools[{i}]")
         kind = item.get("type", "function")
         if kind != "function":
-            name = item.get("name") if isinstance(item.get("name"), str) else str(kind)
+            raw_name = item.get("name")
+            name = raw_name if isinstance(raw_name, str) else str(kind)
             tools.append(Tool(name=name, builtin=item, builtin_dialect="openai"))
             continue
         function = expect_dict(item.get("function"), f"tools[{i}].function")
@@ -276,7 +285,7 @@ def _render_part(part: Part) -> dict[str, Any] | None:
     return None  # reasoning is not sent back to OpenAI
 
 
-def _render_content(parts: list[Part]) -> str | list[dict[str, Any]]:
+def _render_content(parts: Sequence[Part]) -> str | list[dict[str, Any]]:
     if all(isinstance(p, TextPart) for p in parts):
         return "".join(p.text for p in parts)  # type: ignore[union-attr]
     rendered = [r for r in (_render_part(p) for p in parts) if r is not None]
