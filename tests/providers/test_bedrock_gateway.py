@@ -403,17 +403,19 @@ async def test_image_to_text_only_model_rejected(
 
 @pytest.mark.parametrize("api", list(APIS))
 async def test_image_url_rejected(bedrock: BedrockStack, api: str) -> None:
+    # The gateway fetches image URLs for Bedrock, but never from a loopback address unless
+    # allow-listed. Fetching is tested in tests/transport, inside a network namespace.
     content = [
         {"type": "text", "text": IMAGE_PROMPT},
-        {"type": "image_url", "image_url": {"url": "https://images.example.com/cat.png"}},
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}},
     ]
     with pytest.raises(openai.BadRequestError) as caught:
         await _chat(bedrock.url, "openai", APIS[api], content, stream=False)
 
     error = caught.value.body
     assert isinstance(error, dict)
-    assert error["param"] == "messages[1].content[1]"
-    assert "is given by URL" in error["message"]
+    assert error["param"] == "messages[1].content[1].image_url.url"
+    assert "its host is a loopback address" in error["message"]
     assert "base64" in error["message"]
     assert len(bedrock.sim.requests) == 0
 

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from smartflow.config.schema import RetrySettings
+from smartflow.config.schema import ImageFetchSettings, RetrySettings
 from smartflow.core.errors import (
     InvalidRequest,
     MalformedUpstreamResponse,
@@ -34,9 +34,11 @@ from smartflow.core.stream import StreamEvent
 from smartflow.core.types import ChatRequest
 from smartflow.dialects.anthropic.requests import patch_body as patch_anthropic_body
 from smartflow.dialects.openai.requests import patch_body as patch_openai_body
+from smartflow.gateway.images import inline_image_urls
 from smartflow.gateway.params import JsonToolEncoder, fit, json_tool_response
 from smartflow.normalize import Normalized, ProfileSet
 from smartflow.providers.base import Deployment
+from smartflow.transport.fetch import FetchedImage, ImageFetcher
 
 __all__ = ["Attempt", "Dispatcher", "Encoder", "OpenStream"]
 
@@ -76,6 +78,8 @@ class Exchange:
     normalized: Normalized | None = None
     """The normalisation of the latest attempt, whose changes the response reports."""
     primary: Deployment | None = None
+    fetched_images: dict[str, FetchedImage] = field(default_factory=dict)
+    """Images fetched for this request by URL, reused by retries and fallbacks."""
 
 
 @dataclass(slots=True)
@@ -119,11 +123,13 @@ class Dispatcher:
         *,
         read_timeout: float,
         profiles: ProfileSet | None = None,
+        image_fetch: ImageFetchSettings | None = None,
     ) -> None:
         self.session = session
         self.retry = retry
         self.read_timeout = read_timeout
         self.profiles = profiles
+        self.images = ImageFetcher(image_fetch or ImageFetchSettings())
 
     # --- the retry and fallback loop ------------------------------------------------
 
@@ -177,12 +183,41 @@ class Dispatcher:
         assert last_error is not None
         raise last_error
 
+    async def run_with_fallback(
+        self,
+        exchange: Exchange,
+        deployments: list[Deployment],
+        call: Callable[[Deployment], Awaitable[T]],
+    ) -> T:
+        """Run ``call`` on the deployments in order, with the retries and fallback of chat.
+
+        For endpoints that send their own upstream requests, such as embeddings. ``call``
+        raises an ``UpstreamError`` to have the deployment retried or skipped.
+        """
+        return await self._with_fallback(exchange, deployments, call)
+
     # --- one upstream call -----------------------------------------------------------
 
-    def _payload(self, exchange: Exchange, deployment: Deployment) -> tuple[bytes, bool]:
+    async def _prepare(self, exchange: Exchange, deployment: Deployment) -> tuple[bytes, bool]:
+        """Fetch image URLs for a provider that takes only image bytes, then build the body."""
+        request = exchange.request
+        if getattr(deployment.provider, "needs_image_bytes", False):
+            request = await inline_image_urls(
+                request,
+                body=exchange.body,
+                fetcher=self.images,
+                session=self.session,
+                cache=exchange.fetched_images,
+                request_id=exchange.request_id,
+            )
+        return self._payload(exchange, deployment, request)
+
+    def _payload(
+        self, exchange: Exchange, deployment: Deployment, request: ChatRequest
+    ) -> tuple[bytes, bool]:
         provider = deployment.provider
         normalized = fit(
-            exchange.request,
+            request,
             deployment,
             primary=exchange.primary or deployment,
             strict=exchange.strict_params,
@@ -194,7 +229,10 @@ class Dispatcher:
         passthrough = provider.dialect == exchange.dialect and normalized.json_tool is None
         if passthrough:
             body = provider.passthrough_body(exchange.body, deployment.model)
-            changed = {change.param for change in normalized.changes}
+            # Renamed and derived parameters change the body too: a rename moves a
+            # value to another field, and a derived value lands in ``into``.
+            changed = {c.param for c in normalized.accounting if c.rule != "pass"}
+            changed |= {c.into for c in normalized.accounting if c.into}
             if changed:
                 patch = _PATCHERS[exchange.dialect]
                 body = patch(body, normalized.request, changed, deployment.model)
@@ -247,7 +285,7 @@ class Dispatcher:
         """
 
         async def call(deployment: Deployment) -> tuple[bytes, Deployment]:
-            payload, passthrough = self._payload(exchange, deployment)
+            payload, passthrough = await self._prepare(exchange, deployment)
             response = await self._post(exchange, deployment, payload, stream=False)
             try:
                 body = await response.read()
@@ -281,7 +319,7 @@ class Dispatcher:
         """Open a stream and read up to its first bytes for the caller."""
 
         async def call(deployment: Deployment) -> OpenStream:
-            payload, passthrough = self._payload(exchange, deployment)
+            payload, passthrough = await self._prepare(exchange, deployment)
             response = await self._post(exchange, deployment, payload, stream=True)
             if passthrough:
                 chunks = self._raw_chunks(response, deployment)

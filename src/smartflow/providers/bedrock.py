@@ -31,7 +31,8 @@ from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
 from smartflow.core.errors import ConfigError, InternalError, UpstreamError
 from smartflow.core.types import ChatRequest, ChatResponse
 from smartflow.dialects.anthropic import responses as anthropic_responses
-from smartflow.dialects.bedrock import errors, requests, responses, streaming
+from smartflow.dialects.bedrock import embeddings, errors, requests, responses, streaming
+from smartflow.dialects.openai.embeddings import EmbeddingBatch, EmbeddingRequest
 from smartflow.providers.base import Target
 from smartflow.transport.eventstream import EventStreamParser
 
@@ -126,6 +127,10 @@ class BedrockProvider:
 
     kind = "bedrock"
     dialect: str | None = None
+    # Converse takes image bytes or an S3 location, never an http URL, so the dispatcher
+    # fetches image URLs before build_body (gateway/images.py). Claude's InvokeModel
+    # body gets the fetched bytes as well.
+    needs_image_bytes = True
 
     def __init__(
         self,
@@ -182,6 +187,21 @@ class BedrockProvider:
 
     def passthrough_body(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InternalError(f"Provider {self.name} has no dialect to pass requests through to.")
+
+    # --- embeddings -------------------------------------------------------------------
+
+    def embed_target(self, model: str) -> Target:
+        """Return the unsigned InvokeModel target of an embedding model."""
+        url = f"{self.base_url}/model/{quote(model, safe='')}/invoke"
+        return Target(url, {"Content-Type": "application/json", "Accept": "application/json"})
+
+    def build_embed_bodies(self, request: EmbeddingRequest, model: str) -> list[dict[str, Any]]:
+        return embeddings.build_embedding_bodies(request, model)
+
+    def parse_embed_response(
+        self, body: dict[str, Any], headers: Mapping[str, str], model: str
+    ) -> EmbeddingBatch:
+        return embeddings.parse_embedding_response(body, headers, model)
 
     # --- the response ------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from smartflow.core.errors import InternalError, UpstreamError
 from smartflow.core.types import ChatRequest, ChatResponse
-from smartflow.dialects.cohere import errors, requests, responses, streaming
+from smartflow.dialects.cohere import embeddings, errors, requests, responses, streaming
+from smartflow.dialects.openai.embeddings import EmbeddingBatch, EmbeddingRequest
 from smartflow.providers.base import Secret, Target
 from smartflow.transport.sse import SSEParser
 
@@ -39,6 +40,21 @@ class CohereProvider:
 
     def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
         return requests.build_request(request, model)
+
+    def embed_target(self, model: str) -> Target:
+        headers = {
+            "Authorization": "Bearer " + self._api_key.reveal(),
+            "Content-Type": "application/json",
+        }
+        return Target(self.base_url + "/v2/embed", headers)
+
+    def build_embed_bodies(self, request: EmbeddingRequest, model: str) -> list[dict[str, Any]]:
+        return embeddings.build_embedding_bodies(request, model)
+
+    def parse_embed_response(
+        self, body: dict[str, Any], headers: Mapping[str, str], model: str
+    ) -> EmbeddingBatch:
+        return embeddings.parse_embedding_response(body)
 
     def passthrough_body(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         raise InternalError(

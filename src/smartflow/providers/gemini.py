@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from smartflow.core.errors import ConfigError, InternalError, UpstreamError, UpstreamUnavailable
 from smartflow.core.types import ChatRequest, ChatResponse
-from smartflow.dialects.gemini import errors, requests, responses, streaming
+from smartflow.dialects.gemini import embeddings, errors, requests, responses, streaming
+from smartflow.dialects.openai.embeddings import EmbeddingBatch, EmbeddingRequest
 from smartflow.providers.base import Secret, Target
 from smartflow.transport.sse import SSEParser
 
@@ -108,6 +109,20 @@ class GeminiProvider(_GeminiAdapter):
 
     def _auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self._api_key.reveal()}
+
+    # NOTE: only the Gemini API serves embeddings here. Vertex AI uses ``:predict`` and
+    # other bodies, which VertexGeminiProvider does not build yet.
+    def embed_target(self, model: str) -> Target:
+        headers = {**self._auth_headers(), "Content-Type": "application/json"}
+        return Target(self._model_url(model) + ":batchEmbedContents", headers)
+
+    def build_embed_bodies(self, request: EmbeddingRequest, model: str) -> list[dict[str, Any]]:
+        return embeddings.build_embedding_bodies(request, model)
+
+    def parse_embed_response(
+        self, body: dict[str, Any], headers: Mapping[str, str], model: str
+    ) -> EmbeddingBatch:
+        return embeddings.parse_embedding_response(body)
 
 
 # --- Vertex AI ---------------------------------------------------------------------------

@@ -36,6 +36,14 @@ class OpenAIProvider:
             headers["Accept"] = "text/event-stream"
         return Target(self._url, headers)
 
+    def embed_target(self, model: str) -> Target:
+        """Return the embeddings URL and headers. The caller's body passes through."""
+        headers = {
+            "Authorization": "Bearer " + self._api_key.reveal(),
+            "Content-Type": "application/json",
+        }
+        return Target(self.base_url + "/embeddings", headers)
+
     def build_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
         return requests.build_request(request, model)
 
@@ -82,3 +90,13 @@ class AzureOpenAIProvider(OpenAIProvider):
         if stream:
             headers["Accept"] = "text/event-stream"
         return Target(url, headers)
+
+    def embed_target(self, model: str) -> Target:
+        if self.api_version == "v1":
+            url = f"{self.base_url}/openai/v1/embeddings"
+        else:
+            url = (
+                f"{self.base_url}/openai/deployments/{quote(model, safe='')}/embeddings"
+                f"?api-version={quote(self.api_version, safe='')}"
+            )
+        return Target(url, {"api-key": self._api_key.reveal(), "Content-Type": "application/json"})

@@ -133,8 +133,8 @@ def check_images(request: ChatRequest, model_id: str) -> None:
                 param=path,
             )
         if image.url is not None:
-            # NOTE: images given by URL are not fetched yet, because that needs a fetcher
-            # guarded against requests to internal addresses. Until then they are rejected.
+            # The dispatcher replaces image URLs with fetched bytes before the body is
+            # built, so a URL gets here only when build_body is called without that step.
             raise InvalidRequest(
                 f"The image at {path} is given by URL, which Bedrock cannot fetch. Send the "
                 "image data base64-encoded instead: a data: URL in an OpenAI image_url, or a "
