@@ -133,7 +133,7 @@ def normalize_detailed(
     table = family.table(state.effort, state.active)
     out = _apply_sampling(family, table, values, sources, state, recorder, policy)
     _apply_requires(table, out, sources, recorder)
-    _drop_parallel_without_tools(out, bool(formats.tools), sources, recorder)
+    _drop_parallel_without_calls(table, out, formats, sources, recorder)
     _apply_exclusive(family, table, out, sources, recorder)
     _fit_budget(family, table, out, state, sources, recorder, policy)
     normalized = _build_request(request, target_model, out, state, formats)
@@ -170,17 +170,38 @@ def _build_request(
     )
 
 
-def _drop_parallel_without_tools(
-    out: dict[str, Any], has_tools: bool, sources: dict[str, str], recorder: Recorder
+def _drop_parallel_without_calls(
+    table: dict[str, CompiledParam],
+    out: dict[str, Any],
+    formats: FormatResult,
+    sources: dict[str, str],
+    recorder: Recorder,
 ) -> None:
-    if has_tools or "parallel_tool_calls" not in out:
+    """Drop ``parallel_tool_calls`` where no tool call can happen or the wire has no place.
+
+    A target that sends it inside ``tool_choice`` (Anthropic's
+    ``disable_parallel_tool_use``) cannot send it with tool choice ``none``, because that
+    object has no such field. No tool can be called then, so the value has no effect.
+    """
+    if "parallel_tool_calls" not in out:
+        return
+    wire = table["parallel_tool_calls"].wire or ""
+    choice = formats.tool_choice
+    if not formats.tools:
+        reason = "the request has no tools, so parallel tool calls do not apply"
+    elif choice is not None and choice.mode == "none" and wire.startswith("tool_choice."):
+        reason = (
+            f"tool_choice none allows no tool call, and {wire} cannot be sent with it, "
+            "so parallel tool calls do not apply"
+        )
+    else:
         return
     recorder.change(
         "parallel_tool_calls",
         "drop",
         out.pop("parallel_tool_calls"),
         None,
-        "the request has no tools, so parallel tool calls do not apply",
+        reason,
         source=sources.get("parallel_tool_calls", "request"),
     )
 

@@ -68,6 +68,13 @@ class Recorder:
         into: str | None = None,
     ) -> None:
         if self.strict and rule != "pin":
+            if before is None:
+                # A value the target needs but the request left unset, such as a default.
+                raise InvalidRequest(
+                    f"{param} is not set, and {self.model} needs a value: {reason}. Strict "
+                    f"mode adds nothing; set {param} or turn strict mode off.",
+                    param=param,
+                )
             raise InvalidRequest(
                 f"{param}={_describe(before)} cannot be sent to {self.model} unchanged: "
                 f"{reason}. Strict mode changes nothing; fix the request or turn strict "

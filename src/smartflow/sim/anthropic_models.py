@@ -61,6 +61,58 @@ DEFAULT_ANTHROPIC_MODELS: tuple[AnthropicModel, ...] = (
             sampling="temperature_or_top_p",
         )
     ),
+    AnthropicModel(
+        "claude-3-haiku-20240307",
+        display_name="Claude Haiku 3",
+        created_at="2024-03-07T00:00:00Z",
+        max_output_tokens=4096,
+        thinking_modes=(),
+    ),
+    *_aliased(
+        AnthropicModel(
+            "claude-3-5-haiku-latest",
+            "claude-3-5-haiku-20241022",
+            "Claude Haiku 3.5",
+            "2024-10-22T00:00:00Z",
+            max_output_tokens=8192,
+            thinking_modes=(),
+        )
+    ),
+    *_aliased(
+        AnthropicModel(
+            "claude-3-7-sonnet-latest",
+            "claude-3-7-sonnet-20250219",
+            "Claude Sonnet 3.7",
+            "2025-02-24T00:00:00Z",
+        )
+    ),
+    *_aliased(
+        AnthropicModel(
+            "claude-sonnet-4-0",
+            "claude-sonnet-4-20250514",
+            "Claude Sonnet 4",
+            "2025-05-22T00:00:00Z",
+        )
+    ),
+    *_aliased(
+        AnthropicModel(
+            "claude-opus-4-0",
+            "claude-opus-4-20250514",
+            "Claude Opus 4",
+            "2025-05-22T00:00:00Z",
+            max_output_tokens=32_000,
+        )
+    ),
+    *_aliased(
+        AnthropicModel(
+            "claude-opus-4-1",
+            "claude-opus-4-1-20250805",
+            "Claude Opus 4.1",
+            "2025-08-05T00:00:00Z",
+            max_output_tokens=32_000,
+            sampling="temperature_or_top_p",
+        )
+    ),
     *_aliased(
         AnthropicModel(
             "claude-opus-4-5",

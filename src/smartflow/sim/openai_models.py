@@ -114,6 +114,8 @@ DEFAULT_OPENAI_MODELS: tuple[OpenAIModel, ...] = (
             default_effort="medium",
         )
     ),
+    # The non-reasoning GPT-5 snapshot used in ChatGPT. It has no dated snapshot id.
+    OpenAIModel("gpt-5-chat-latest", created=1_754_425_777),
     OpenAIModel(
         id="text-embedding-3-small",
         kind="embedding",
