@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from smartflow import __version__
 from smartflow.auth.keys import KEY_PREFIX, generate_key, hash_key
@@ -82,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     hash_help = "print the SHA-256 of a key read from standard input, for the configuration"
     hash_parser = key_commands.add_parser("hash", help=hash_help, description=hash_help)
     hash_parser.set_defaults(stdin=True)
+
+    _add_policy_commands(commands)
+    _add_admin_commands(commands)
     return parser
 
 
@@ -142,10 +153,317 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- smartflow policy / smartflow admin -------------------------------------------------
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:7775"
+DEFAULT_TOKEN_ENV = "SMARTFLOW_ADMIN_TOKEN"
+ADMIN_TOKEN_PREFIX = "sf-admin-"
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+
+
+class _CommandFailed(Exception):
+    """A policy command that failed, with its exit code and the message to print."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """Return the options shared by every `smartflow policy` action, as a parent parser."""
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--url",
+        default=DEFAULT_ADMIN_URL,
+        help=f"base URL of the running gateway (default: {DEFAULT_ADMIN_URL})",
+    )
+    connection.add_argument(
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        metavar="NAME",
+        help=f"environment variable that contains the admin token (default: {DEFAULT_TOKEN_ENV})",
+    )
+    connection.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="maximum time to wait for the gateway's response, in seconds (default: 30)",
+    )
+    return connection
+
+
+def _add_policy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    connection = _connection_options()
+    policy = commands.add_parser(
+        "policy",
+        help="validate, apply, diff, list and roll back policies on a running gateway",
+        description="Manage the policy versions of a running gateway through its admin API. "
+        "Exit status: 0 success, 1 rejected by the gateway (invalid policy, unknown version, "
+        "missing permission), 2 usage or connection error. The format is documented in "
+        "docs/policy.md.",
+    )
+    actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+
+    for name, text in (
+        ("validate", "check YAML policy files without applying them"),
+        ("apply", "apply YAML policy files as the next policy version"),
+    ):
+        parser = actions.add_parser(name, parents=[connection], help=text, description=text)
+        parser.add_argument(
+            "files",
+            nargs="+",
+            metavar="FILE",
+            help="YAML file with one or more policy documents separated by '---' ('-' reads "
+            "standard input); all files together form one policy set",
+        )
+
+    diff_help = "show the unified diff between two policy versions"
+    diff = actions.add_parser("diff", parents=[connection], help=diff_help, description=diff_help)
+    diff.add_argument(
+        "--from", dest="from_version", type=int, required=True, metavar="N", help="older version"
+    )
+    diff.add_argument(
+        "--to", dest="to_version", type=int, required=True, metavar="M", help="newer version"
+    )
+
+    list_help = "list the policy versions, oldest first; '*' marks the active one"
+    actions.add_parser("list", parents=[connection], help=list_help, description=list_help)
+
+    rollback_help = "make a new version with the documents of an earlier one"
+    rollback = actions.add_parser(
+        "rollback", parents=[connection], help=rollback_help, description=rollback_help
+    )
+    rollback.add_argument(
+        "--to",
+        dest="to_version",
+        type=int,
+        required=True,
+        metavar="N",
+        help="version whose documents to restore",
+    )
+
+
+def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admin = commands.add_parser("admin", help="create admin API tokens")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    token = admin_commands.add_parser("token", help="create admin API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    new_help = "print a new random admin token and the admin_tokens entry for the configuration"
+    new = token_commands.add_parser("new", help=new_help, description=new_help)
+    new.add_argument(
+        "--name",
+        default="admin",
+        help="name of the token, recorded as the "
+        "author of the versions it applies (default: admin)",
+    )
+    new.add_argument(
+        "--role",
+        default="admin",
+        choices=["admin", "policy_editor", "viewer"],
+        help="role of the token (default: admin)",
+    )
+
+
+def _admin(args: argparse.Namespace) -> int:
+    token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    digest = hash_key(token)
+    entry = {"admin_tokens": [{"name": args.name, "sha256": digest, "role": args.role}]}
+    sys.stdout.write(
+        f"token:  {token}\nsha256: {digest}\n\n"
+        "Add this entry to the configuration and keep the token itself out of it:\n"
+        + yaml.safe_dump(entry, sort_keys=False)
+    )
+    return EXIT_OK
+
+
+class _AdminClient:
+    """A small HTTP client for the admin API; it ignores proxy variables."""
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, content_type: str = ""
+    ) -> Any:
+        """Send one request and return its JSON body.
+
+        Raises:
+            _CommandFailed: the gateway rejected the request (exit 1), or could not be
+                reached, failed, or sent something other than JSON (exit 2).
+        """
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        request.add_header("Authorization", f"Bearer {self._token}")
+        request.add_header("Accept", "application/json")
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                return self._decode(response.status, response.read())
+        except urllib.error.HTTPError as exc:
+            payload = self._decode(exc.code, exc.read())
+            raise _CommandFailed(
+                _describe_error(payload, exc.code),
+                EXIT_REJECTED if 400 <= exc.code < 500 else EXIT_USAGE,
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise _CommandFailed(
+                f"cannot connect to {self.url}: {reason}. Check that the gateway is running "
+                "and --url points at it",
+                EXIT_USAGE,
+            ) from None
+
+    def _decode(self, status: int, raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise _CommandFailed(
+                f"{self.url} returned HTTP {status} with a body that is not JSON; is --url the "
+                "gateway's address?",
+                EXIT_USAGE,
+            ) from None
+
+
+def _describe_error(payload: Any, status: int) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return f"the gateway returned HTTP {status}"
+    issues = error.get("issues")
+    if isinstance(issues, list) and issues:
+        lines = []
+        for issue in issues:
+            where = " ".join(part for part in (issue.get("document"), issue.get("path")) if part)
+            lines.append(f"  {where}: {issue.get('message')}")
+        return "invalid policy:\n" + "\n".join(lines)
+    return str(error.get("message") or f"the gateway returned HTTP {status}")
+
+
+def _read_policy_files(files: Sequence[str]) -> bytes:
+    """Read and join the files as one multi-document YAML stream.
+
+    Each file is parsed for YAML syntax here, so an error names the file and its line.
+    """
+    texts: list[str] = []
+    for name in files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _CommandFailed(f"cannot read {name}: {exc}", EXIT_USAGE) from None
+        try:
+            for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
+                pass
+        except yaml.YAMLError as exc:
+            raise _CommandFailed(f"{name}: invalid YAML: {exc}", EXIT_REJECTED) from None
+        texts.append(text)
+    return "\n---\n".join(texts).encode("utf-8")
+
+
+def _client(args: argparse.Namespace) -> _AdminClient:
+    token = os.environ.get(args.token_env, "").strip()
+    if not token:
+        raise _CommandFailed(
+            f"the environment variable {args.token_env} is not set: put the admin token in it, "
+            "or name another variable with --token-env",
+            EXIT_USAGE,
+        )
+    return _AdminClient(args.url, token, args.timeout)
+
+
+def _format_versions(payload: dict[str, Any]) -> str:
+    versions = payload.get("versions") or []
+    if not versions:
+        return "no policy versions yet; create one with `smartflow policy apply FILE`\n"
+    header = ("", "VERSION", "CREATED", "AUTHOR", "SHA256", "DOCUMENTS")
+    rows = [header]
+    for item in versions:
+        documents = ", ".join(item["documents"])
+        if item.get("rollback_of") is not None:
+            documents += f" (rollback to {item['rollback_of']})"
+        marker = "*" if item["version"] == payload.get("active") else ""
+        rows.append(
+            (
+                marker,
+                str(item["version"]),
+                item["created_at"],
+                item["author"],
+                item["sha256"][:12],
+                documents,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
+        + "  "
+        + row[-1]
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _run_policy(args: argparse.Namespace) -> str:
+    """Run one `smartflow policy` action and return what to print."""
+    command = args.policy_command
+    if command in ("validate", "apply"):
+        body = _read_policy_files(args.files)
+        client = _client(args)
+        path = "/admin/policies/validate" if command == "validate" else "/admin/policies"
+        result = client.call("POST", path, body, "application/yaml")
+        names = ", ".join(result["documents"])
+        if command == "validate":
+            return f"valid: {len(result['documents'])} document(s): {names}\n"
+        return (
+            f"applied as version {result['version']} (documents: {names}; sha256 "
+            f"{result['sha256'][:12]})\n"
+        )
+    client = _client(args)
+    if command == "list":
+        return _format_versions(client.call("GET", "/admin/policies"))
+    if command == "diff":
+        query = f"?from={args.from_version}&to={args.to_version}"
+        text = str(client.call("GET", "/admin/policies/diff" + query)["diff"])
+        if not text:
+            return f"versions {args.from_version} and {args.to_version} have the same documents\n"
+        return text
+    body = json.dumps({"version": args.to_version}).encode("utf-8")
+    result = client.call("POST", "/admin/policies/rollback", body, "application/json")
+    return (
+        f"rolled back to version {args.to_version}: now version {result['version']} "
+        f"(documents: {', '.join(result['documents'])})\n"
+    )
+
+
+def _policy(args: argparse.Namespace) -> int:
+    try:
+        output = _run_policy(args)
+    except _CommandFailed as exc:
+        sys.stderr.write(f"smartflow policy {args.policy_command}: {exc.message}\n")
+        return exc.exit_code
+    except (KeyError, TypeError) as exc:
+        sys.stderr.write(
+            f"smartflow policy {args.policy_command}: unexpected response from {args.url}: "
+            f"missing or invalid field {exc}; is --url the gateway's address?\n"
+        )
+        return EXIT_USAGE
+    sys.stdout.write(output)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "policy":
+        return _policy(args)
+    if args.command == "admin":
+        return _admin(args)
     log_setup.setup(args.log_level)
     runner = _run_gateway if args.command == "gateway" else _run_up
     try:

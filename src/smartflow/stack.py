@@ -199,6 +199,7 @@ async def start_local_stack(
         config = parse_config(
             {
                 "server": {"host": host, "port": port},
+                "policy_files": ["builtin:default"],
                 "providers": provider_config,
                 "models": {
                     model: [{"provider": p, "model": m} for p, m in deployments]

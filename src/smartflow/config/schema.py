@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from smartflow.core.errors import ConfigError
 __all__ = [
     "DeploymentSettings",
     "GatewayConfig",
+    "ImageFetchSettings",
     "KeySettings",
     "ProviderSettings",
     "RetrySettings",
@@ -227,9 +229,79 @@ class NormalizationSettings(_Strict):
     """Reject, instead of change, parameters a target cannot take, for every caller."""
 
 
+class ImageFetchSettings(_Strict):
+    """Limits and allow-lists of the image fetcher, which serves providers that take only
+    image bytes (Bedrock).
+
+    Only http and https URLs are fetched, and only from public addresses, unless an
+    allow-list names the host or its address.
+    """
+
+    allow_hosts: list[str] = []
+    """Host names fetched from whatever address they resolve to, such as an internal
+    image server. ``*.example.com`` matches every subdomain of example.com, not
+    example.com itself. A name never opens a cloud metadata address."""
+    allow_cidrs: list[str] = []
+    """Address ranges fetched from although they are not public, such as 10.20.0.0/16.
+    A cloud metadata address is opened only by an entry of that one address, such as
+    169.254.169.254/32."""
+    max_bytes: int = Field(5 * 1024 * 1024, ge=1)
+    """Largest image accepted, in bytes after any content decoding (default 5 MiB)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Maximum time for one image: name resolution, every redirect and the body."""
+    max_redirects: int = Field(3, ge=0, le=20)
+    """Redirects followed per image; every hop's address is checked again."""
+    max_images: int = Field(20, ge=1)
+    """Most image URLs fetched for one request; more is rejected with 400."""
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _host_names(cls, values: list[str]) -> list[str]:
+        names = []
+        for value in values:
+            name = value.strip().lower().rstrip(".")
+            bare = name.removeprefix("*.")
+            if not bare or any(c in bare for c in "/:@*[] ") or _is_ip_address(bare):
+                raise ValueError(
+                    f"{value!r} is not a host name: give a name such as images.example.com "
+                    "or *.example.com, and list IP addresses in 'allow_cidrs'"
+                )
+            if not bare.isascii():
+                # URL hosts are compared in their ASCII (punycode) form.
+                ascii_name = bare.encode("idna").decode("ascii")
+                name = name.removesuffix(bare) + ascii_name
+            names.append(name)
+        return names
+
+    @field_validator("allow_cidrs")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        networks = []
+        for value in values:
+            try:
+                networks.append(str(ipaddress.ip_network(value.strip())))
+            except ValueError as exc:
+                raise ValueError(
+                    f"{value!r} is not a network in CIDR form such as 10.20.0.0/16 or "
+                    f"fd12:3456::/48: {exc}"
+                ) from exc
+        return networks
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class GatewayConfig(_Strict):
     state_dir: str = ".smartflow"
     """Directory for state the instance keeps across restarts, such as policy versions."""
+    policy_files: list[str] = []
+    """YAML files of policy documents, used while the policy store under ``state_dir`` has
+    no version yet. ``builtin:default`` names the packaged default policy."""
     server: ServerSettings = ServerSettings()
     admin_tokens: list[AdminToken] = []
     normalization: NormalizationSettings = NormalizationSettings()
@@ -238,6 +310,7 @@ class GatewayConfig(_Strict):
     keys: list[KeySettings] = []
     retry: RetrySettings = RetrySettings()
     timeouts: TimeoutSettings = TimeoutSettings()
+    image_fetch: ImageFetchSettings = ImageFetchSettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

@@ -6,22 +6,32 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from smartflow.auth.keys import Caller, KeyStore
 from smartflow.config.schema import GatewayConfig
+from smartflow.gateway.admin import add_admin_routes
+from smartflow.gateway.embeddings import add_embedding_routes
 from smartflow.gateway.handlers import Gateway
 from smartflow.gateway.upstream import Dispatcher
 from smartflow.normalize import load_profiles
+from smartflow.policy.engine import Evaluator, compile_policies
+from smartflow.policy.loading import load_policy_files
+from smartflow.policy.store import ActivePolicy, PolicyStore
 from smartflow.providers.base import Deployment, Provider
 from smartflow.providers.registry import build_provider
 from smartflow.routing.router import Router
 from smartflow.transport.http import HTTPSettings, create_session
 
-__all__ = ["RunningGateway", "build_app", "start_gateway"]
+__all__ = ["GATEWAY_KEY", "POLICY_STORE_KEY", "RunningGateway", "build_app", "start_gateway"]
 
 logger = logging.getLogger(__name__)
+
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+"""The app's ``Gateway``, for callers that swap its policy with ``set_policy``."""
+POLICY_STORE_KEY: web.AppKey[PolicyStore[Evaluator]] = web.AppKey("policy_store", PolicyStore)
 
 
 def build_app(
@@ -80,6 +90,7 @@ def build_app(
         config.retry,
         read_timeout=config.timeouts.read_s,
         profiles=profiles,
+        image_fetch=config.image_fetch,
     )
     gateway = Gateway(
         router=Router(routes),
@@ -89,11 +100,46 @@ def build_app(
         access_log=config.server.access_log,
         owners=owners,
         strict_params=config.normalization.strict,
+        site=config.server.site,
     )
+    store = _attach_policy(gateway, config)
     gateway.add_routes(app)
+    add_embedding_routes(app, gateway)
+    add_admin_routes(app, store, config.admin_tokens)
+    app[GATEWAY_KEY] = gateway
+    app[POLICY_STORE_KEY] = store
     app.middlewares.append(gateway.dialect_errors)
     app.cleanup_ctx.append(session_context)
     return app
+
+
+def _attach_policy(gateway: Gateway, config: GatewayConfig) -> PolicyStore[Evaluator]:
+    """Open the policy store under ``state_dir`` and give the gateway its policy.
+
+    The store's active version wins. Without one, the documents of ``policy_files`` apply
+    until the first version is applied. Every later version replaces the policy at once.
+
+    Raises:
+        ConfigError: a stored version or a policy file is unreadable or invalid.
+    """
+    store: PolicyStore[Evaluator] = PolicyStore.open(
+        Path(config.state_dir) / "policies", compile_policies
+    )
+    active = store.active
+    if active is not None:
+        logger.info("policy: version %d from the policy store", active.version.version)
+        gateway.set_policy(active.evaluator)
+    elif config.policy_files:
+        gateway.set_policy(compile_policies(load_policy_files(config.policy_files)))
+    else:
+        logger.info("policy: none (no stored version and no policy_files)")
+
+    def on_new_version(new: ActivePolicy[Evaluator]) -> None:
+        logger.info("policy: version %d is now active", new.version.version)
+        gateway.set_policy(new.evaluator)
+
+    store.subscribe(on_new_version, replay=False)
+    return store
 
 
 @dataclass(slots=True)

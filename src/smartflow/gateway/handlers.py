@@ -17,6 +17,7 @@ from smartflow.core.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    PolicyViolation,
     RequestTimeout,
     RequestTooLarge,
     SmartflowError,
@@ -25,8 +26,13 @@ from smartflow.core.errors import (
 from smartflow.core.types import ChatRequest, ImagePart
 from smartflow.dialects.anthropic import requests as anthropic_requests
 from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
-from smartflow.gateway.upstream import Dispatcher, Exchange
+from smartflow.gateway.upstream import Dispatcher, Exchange, OpenStream
 from smartflow.normalize import report_header
+from smartflow.policy.decision import POLICY_HEADER, PolicyEvaluationFailed
+from smartflow.policy.engine import Evaluator
+from smartflow.policy.hooks import request_context, rewrite_request_body, rewrite_response_body
+from smartflow.policy.run import PolicyRun
+from smartflow.policy.stream_rewrite import StreamRewriter, stream_rewriter
 from smartflow.providers.anthropic import AnthropicProvider
 from smartflow.routing.router import Router
 
@@ -57,7 +63,12 @@ class Gateway:
         owners: dict[str, str] | None = None,
         body_timeout: float = 30.0,
         strict_params: bool = False,
+        policy: Evaluator | None = None,
+        site: str = "local",
     ) -> None:
+        self.policy = policy
+        """The active policy version; ``set_policy`` swaps it between requests."""
+        self.site = site
         self.strict_params = strict_params
         self.body_timeout = body_timeout
         self.router = router
@@ -66,6 +77,12 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
         self.owners = owners or {}
+
+    def set_policy(self, evaluator: Evaluator | None) -> None:
+        """Make ``evaluator`` the policy for new requests; requests under way keep theirs."""
+        self.policy = evaluator
+        names = ", ".join(evaluator.names) if evaluator is not None else "none"
+        logger.info("policy set: %s", names or "no documents")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -134,11 +151,18 @@ class Gateway:
         """Count input tokens: Anthropic counts for its own models, others get an estimate."""
         request_id = _new_request_id()
         try:
-            self.keys.authenticate(request.headers)
+            caller = self.keys.authenticate(request.headers)
             body = await self._read_json(request)
             counted = {**body, "max_tokens": body.get("max_tokens") or 1}
             canonical = anthropic_requests.parse_request(counted)
-            deployment = self.router.deployments(canonical.model)[0]
+            deployments = self.router.deployments(canonical.model)
+            # The text goes to the provider here too, so the request rules apply to it.
+            run = self._evaluate_policy(caller, canonical, request, request_id)
+            if run is not None:
+                canonical = run.request or canonical
+                body = rewrite_request_body(run, ANTHROPIC.name, body)
+                deployments = run.allowed_deployments(deployments)
+            deployment = deployments[0]
             provider = deployment.provider
             if isinstance(provider, AnthropicProvider):
                 target = provider.count_tokens_target(request.headers)
@@ -206,6 +230,11 @@ class Gateway:
             canonical = ingress.parse_request(body)
             model = canonical.model[:100]
             deployments = self.router.deployments(canonical.model)
+            run = self._evaluate_policy(caller, canonical, request, request_id)
+            if run is not None:
+                canonical = run.request or canonical
+                body = rewrite_request_body(run, ingress.name, body)
+                deployments = run.allowed_deployments(deployments)
             exchange = Exchange(request_id, ingress.name, body, canonical, request.headers)
             exchange.strict_params = (
                 self.strict_params
@@ -213,7 +242,7 @@ class Gateway:
                 or request.headers.get(STRICT_HEADER, "").lower() in ("1", "true")
             )
             if canonical.stream:
-                response = await self._stream(request, ingress, exchange, deployments, caller)
+                response = await self._stream(request, ingress, exchange, deployments, run)
                 served = response.headers.get("x-smartflow-deployment", "-")
                 status = response.status
                 return response
@@ -221,16 +250,18 @@ class Gateway:
                 exchange, deployments, ingress.render_response
             )
             served = deployment.label
+            headers = {
+                ingress.request_id_header: request_id,
+                "x-smartflow-deployment": served,
+                PARAMS_HEADER: _params_report(exchange),
+            }
+            if run is not None:
+                if run.checks_response:
+                    payload = rewrite_response_body(run, ingress.name, payload)
+                headers[POLICY_HEADER] = run.header()
+                _log_decision(run)
             status = 200
-            return web.Response(
-                body=payload,
-                content_type=_JSON,
-                headers={
-                    ingress.request_id_header: request_id,
-                    "x-smartflow-deployment": served,
-                    PARAMS_HEADER: _params_report(exchange),
-                },
-            )
+            return web.Response(body=payload, content_type=_JSON, headers=headers)
         except SmartflowError as exc:
             status = exc.status
             return self._error_response(ingress, exc, request_id)
@@ -262,28 +293,37 @@ class Gateway:
         ingress: Ingress,
         exchange: Exchange,
         deployments: list[Any],
-        caller: Caller,
+        run: PolicyRun | None,
     ) -> web.StreamResponse:
         canonical: ChatRequest = exchange.request
         stream = await self.dispatcher.open_stream(
             exchange, deployments, lambda: ingress.make_encoder(canonical)
         )
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                ingress.request_id_header: exchange.request_id,
-                "x-smartflow-deployment": stream.deployment.label,
-                PARAMS_HEADER: _params_report(exchange),
-            },
-        )
+        headers = {
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            ingress.request_id_header: exchange.request_id,
+            "x-smartflow-deployment": stream.deployment.label,
+            PARAMS_HEADER: _params_report(exchange),
+        }
+        rewriter: StreamRewriter | None = None
+        if run is not None:
+            # Sent before the response, so it reports the request side only.
+            headers[POLICY_HEADER] = run.header()
+            if run.checks_response:
+                rewriter = stream_rewriter(run, ingress.name)
+        response = web.StreamResponse(status=200, headers=headers)
         try:
             await response.prepare(request)
-            await response.write(stream.first)
             try:
-                async for chunk in stream.rest:
-                    await response.write(chunk)
+                await _relay(response, stream, rewriter)
+            except PolicyViolation as exc:
+                logger.info(
+                    "request %s: stream stopped by policy: %s", exchange.request_id, exc.message
+                )
+                await response.write(ingress.make_encoder(canonical).encode_error(exc))
+            except PolicyEvaluationFailed as exc:
+                await response.write(ingress.make_encoder(canonical).encode_error(exc))
             except UpstreamError as exc:
                 logger.warning(
                     "request %s: stream from %s failed after it started: %s",
@@ -301,7 +341,25 @@ class Gateway:
             )
         finally:
             stream.close()
+            if run is not None:
+                _log_decision(run)
         return response
+
+    def _evaluate_policy(
+        self, caller: Caller, canonical: ChatRequest, request: web.Request, request_id: str
+    ) -> PolicyRun | None:
+        """Run the active policy over the request; None when no document is in scope.
+
+        Raises:
+            PolicyViolation: an enforced rule blocks the request.
+            PolicyEvaluationFailed: evaluation raised and a policy in scope fails closed.
+        """
+        evaluator = self.policy
+        if evaluator is None:
+            return None
+        context = request_context(caller, canonical.model, request.headers, self.site)
+        run = evaluator.evaluate_request(context, canonical, request_id=request_id)
+        return run if run.active else None
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -341,6 +399,34 @@ class Gateway:
         status, body, headers = ingress.render_error(error)
         headers[ingress.request_id_header] = request_id
         return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+async def _relay(
+    response: web.StreamResponse, stream: OpenStream, rewriter: StreamRewriter | None
+) -> None:
+    """Write the upstream stream to the caller, through the policy rewriter if there is one."""
+    if rewriter is None:
+        await response.write(stream.first)
+        async for chunk in stream.rest:
+            await response.write(chunk)
+        return
+    out = rewriter.feed(stream.first)
+    if out:
+        await response.write(out)
+    async for chunk in stream.rest:
+        out = rewriter.feed(chunk)
+        if out:
+            await response.write(out)
+    out = rewriter.close()
+    if out:
+        await response.write(out)
+
+
+def _log_decision(run: PolicyRun) -> None:
+    decision = run.decision
+    fired = decision.request_entities or decision.response_entities or decision.rules
+    level = logging.INFO if fired or decision.errors else logging.DEBUG
+    logger.log(level, "request %s: policy decision %s", run.request_id, decision.header())
 
 
 def _params_report(exchange: Exchange) -> str:
