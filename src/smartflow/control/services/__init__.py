@@ -1,0 +1,1 @@
+"""Services of the control plane; the API routes are thin wrappers over them."""

@@ -1,0 +1,1 @@
+"""Storage of the control plane: tables, migrations, database access and encryption."""

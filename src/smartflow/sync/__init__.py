@@ -1,0 +1,1 @@
+"""The sync protocol between the control plane and gateway instances."""

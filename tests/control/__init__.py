@@ -1,0 +1,1 @@
+"""Tests of the control plane and the sync protocol."""
