@@ -1,0 +1,293 @@
+"""Collect what one request used while it runs, then finish it into a ``UsageEvent``.
+
+The gateway creates a ``UsageBuilder`` when a request arrives and feeds it as the request
+goes: caller, request, deployment, response or stream events, errors. It calls ``finish``
+in a ``finally`` block, so an event is produced on every path, including errors and a
+caller that disconnects mid-stream. A builder only stores values, so each method is
+cheap and none of them raises on odd input.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from smartflow.auth.keys import Caller
+from smartflow.core.errors import SmartflowError
+from smartflow.core.stream import (
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCallDelta,
+    UsageUpdate,
+)
+from smartflow.core.types import ChatRequest, ChatResponse, Usage
+from smartflow.normalize.report import Change, changes_to_dicts
+from smartflow.policy.decision import Decision
+from smartflow.providers.base import Deployment
+from smartflow.usage.events import (
+    AttemptRecord,
+    CacheResult,
+    PolicySummary,
+    TokenCounts,
+    UsageEvent,
+    UsageSource,
+    new_event_id,
+    utc_timestamp,
+)
+from smartflow.usage.prices import PriceCatalog, format_usd
+
+__all__ = ["CHARS_PER_TOKEN", "AttemptLike", "UsageBuilder", "policy_summary"]
+
+logger = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4
+"""Characters per token assumed when a stream is cut before the provider reports usage.
+
+NOTE: a rough average for English text. Code, other scripts and tool arguments differ, so
+events built on it have ``usage_source`` ``partial`` or ``estimated``.
+"""
+
+_MAX_NAME_CHARS = 200
+CLIENT_CLOSED_STATUS = 499
+
+
+class AttemptLike(Protocol):
+    """One try at one deployment, as ``gateway.upstream.Attempt`` records it."""
+
+    @property
+    def deployment(self) -> str: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def status(self) -> int | None: ...
+
+
+def policy_summary(decision: Decision) -> PolicySummary:
+    """Copy the names and counts of a policy decision, which contains no matched values."""
+    return PolicySummary(
+        policies=list(decision.policies),
+        audit_policies=list(decision.audit_policies),
+        request_entities=dict(decision.request_entities),
+        response_entities=dict(decision.response_entities),
+        actions=dict(decision.actions),
+        rules=[f"{hit.policy}/{hit.rule}" for hit in decision.rules],
+        labels=sorted(decision.labels),
+        blocked_by=decision.blocked_by,
+        errors=decision.errors,
+    )
+
+
+class UsageBuilder:
+    """The usage of one request, gathered step by step; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        dialect: str,
+        instance: str,
+        site: str,
+        operation: str = "chat",
+        clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._event = UsageEvent(
+            event_id=new_event_id(),
+            request_id=request_id,
+            started_at=utc_timestamp(wall_clock()),
+            instance=instance,
+            site=site,
+            operation=operation,
+            dialect=dialect,
+        )
+        self._deployment: Deployment | None = None
+        self._usage: Usage | None = None
+        self._usage_final = False
+        self._streamed_chars = 0
+        self._estimated_input: int | None = None
+        self._upstream_started = False
+        self._finished: UsageEvent | None = None
+
+    @property
+    def event_id(self) -> str:
+        return self._event.event_id
+
+    @property
+    def finished(self) -> bool:
+        return self._finished is not None
+
+    @property
+    def has_usage(self) -> bool:
+        """Whether any usage report was recorded, final or not."""
+        return self._usage is not None
+
+    # --- what is known before the upstream call -----------------------------------------
+
+    def set_caller(self, caller: Caller) -> None:
+        self._event.key_name = caller.key_name
+        self._event.team = caller.team
+        self._event.user = caller.user
+
+    def set_request(
+        self, request: ChatRequest, *, estimated_input_tokens: int | None = None
+    ) -> None:
+        """Record the requested model and stream flag.
+
+        ``estimated_input_tokens`` is used only when the provider never reports usage.
+        """
+        self._event.model_requested = request.model[:_MAX_NAME_CHARS]
+        self._event.stream = request.stream
+        self._estimated_input = estimated_input_tokens
+
+    def set_model_requested(self, model: str, *, stream: bool = False) -> None:
+        """Record the requested model for endpoints without a ``ChatRequest``."""
+        self._event.model_requested = model[:_MAX_NAME_CHARS]
+        self._event.stream = stream
+
+    def set_cache(self, result: CacheResult) -> None:
+        self._event.cache = result
+
+    # --- the upstream side --------------------------------------------------------------
+
+    def set_deployment(self, deployment: Deployment) -> None:
+        """Record the deployment that served the request."""
+        self._deployment = deployment
+        self._upstream_started = True
+        self._event.provider = deployment.provider.name
+        self._event.provider_kind = deployment.provider.kind
+        self._event.deployment = deployment.label
+
+    def set_attempts(self, attempts: Iterable[AttemptLike]) -> None:
+        self._event.attempts = [AttemptRecord(a.deployment, a.error, a.status) for a in attempts]
+        if self._event.attempts:
+            self._upstream_started = True
+
+    def set_normalization(self, changes: Sequence[Change]) -> None:
+        self._event.normalization = changes_to_dicts(list(changes))
+
+    def set_policy(self, decision: Decision) -> None:
+        self._event.policy = policy_summary(decision)
+
+    def mark_first_byte(self) -> None:
+        """Record the time to first token; only the first call counts."""
+        if self._event.ttft_ms is None:
+            self._event.ttft_ms = self._elapsed_ms()
+
+    def record_response(self, response: ChatResponse) -> None:
+        """Record a complete response: its usage is final."""
+        self._record_model(response.model)
+        self._event.finish_reason = response.finish_reason
+        self._usage = replace(response.usage)
+        self._usage_final = True
+
+    def record_usage(self, usage: Usage, *, final: bool) -> None:
+        """Record a usage report; a later report replaces an earlier one."""
+        self._usage = replace(usage)
+        self._usage_final = self._usage_final or final
+
+    def observe(self, event: StreamEvent) -> None:
+        """Record one canonical stream event on its way to the caller."""
+        if isinstance(event, TextDelta | ReasoningDelta):
+            self._streamed_chars += len(event.text)
+        elif isinstance(event, ToolCallDelta):
+            self._streamed_chars += len(event.arguments)
+        elif isinstance(event, UsageUpdate):
+            self.record_usage(event.usage, final=False)
+        elif isinstance(event, StreamStart):
+            self._record_model(event.model)
+            if event.usage is not None:
+                self.record_usage(event.usage, final=False)
+        elif isinstance(event, StreamEnd):
+            self._event.finish_reason = event.finish_reason
+            if event.usage is not None:
+                self.record_usage(event.usage, final=True)
+
+    # --- outcome ------------------------------------------------------------------------
+
+    def record_error(self, error: BaseException | str) -> None:
+        """Record why the request failed; the first error recorded is kept."""
+        if self._event.error_type is not None:
+            return
+        if isinstance(error, SmartflowError):
+            self._event.error_type = error.code
+        elif isinstance(error, str):
+            self._event.error_type = error[:_MAX_NAME_CHARS]
+        else:
+            self._event.error_type = type(error).__name__
+
+    def mark_client_disconnected(self) -> None:
+        self._event.client_disconnected = True
+        self.record_error("client_disconnected")
+
+    def finish(self, status: int, prices: PriceCatalog | None = None) -> UsageEvent:
+        """Complete the event with its status, latency, token counts and cost.
+
+        Only the first call builds the event; later calls return the same one, so a
+        handler may call it from more than one ``finally`` block.
+        """
+        if self._finished is not None:
+            return self._finished
+        event = self._event
+        event.status = CLIENT_CLOSED_STATUS if event.client_disconnected else status
+        event.latency_ms = self._elapsed_ms()
+        usage, source = self._resolve_usage()
+        event.usage_source = source
+        event.tokens = TokenCounts(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens,
+            usage.cache_write_tokens,
+            usage.reasoning_tokens,
+        )
+        if event.model_served is None and self._deployment is not None:
+            event.model_served = self._deployment.model
+        if prices is not None:
+            self._price(event, usage, prices)
+        self._finished = event
+        return event
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _elapsed_ms(self) -> float:
+        return round((self._clock() - self._started) * 1000, 3)
+
+    def _record_model(self, model: str) -> None:
+        if model:
+            self._event.model_served = model[:_MAX_NAME_CHARS]
+
+    def _resolve_usage(self) -> tuple[Usage, UsageSource]:
+        """Return the counts to bill and where they come from (see ``UsageSource``)."""
+        streamed = math.ceil(self._streamed_chars / CHARS_PER_TOKEN)
+        if self._usage is not None and self._usage_final:
+            return self._usage, "provider"
+        if self._usage is not None:
+            partial = replace(self._usage)
+            partial.output_tokens = max(partial.output_tokens, streamed)
+            return partial, "partial"
+        if streamed or (self._upstream_started and self._event.error_type is None):
+            estimate = Usage(input_tokens=self._estimated_input or 0, output_tokens=streamed)
+            return estimate, "estimated"
+        return Usage(), "none"
+
+    def _price(self, event: UsageEvent, usage: Usage, prices: PriceCatalog) -> None:
+        deployment = self._deployment
+        if deployment is None or event.usage_source == "none":
+            return
+        models = (event.model_served, deployment.base_model, deployment.model)
+        cost = prices.cost(deployment.provider.kind, models, usage)
+        if cost.usd is None or cost.price is None:
+            event.price_missing = True
+            return
+        event.cost_usd = format_usd(cost.usd)
+        event.price_as_of = cost.price.as_of

@@ -1,0 +1,239 @@
+"""Usage events: one record per gateway request, with tokens, cost, timing and outcome.
+
+A ``UsageEvent`` is what an instance ships to the control plane and what its metrics are
+computed from. It contains identifiers, counts and names only: never prompt or response
+text, and for policy findings only entity types and counts.
+
+Cost is ``cost_usd``, a decimal string of US dollars (for example ``"0.0001275"``),
+computed exactly with ``decimal.Decimal`` from the price catalogue and never through a
+float. It is ``None`` when no price is known (then ``price_missing`` is true) or when no
+upstream call was made.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AttemptRecord",
+    "CacheResult",
+    "PolicySummary",
+    "TokenCounts",
+    "UsageEvent",
+    "UsageSource",
+    "new_event_id",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the event's JSON form. Readers reject events of a newer version."""
+
+UsageSource = Literal["provider", "partial", "estimated", "none"]
+"""Source of the token counts.
+
+``provider``: the provider's final usage report. ``partial``: the provider's counts up to
+the point where the stream was cut, with output tokens raised to an estimate of the text
+streamed so far. ``estimated``: no provider counts, so input tokens are the gateway's
+estimate and output tokens are four characters each of the streamed text. ``none``: no
+upstream call produced tokens (the counts are zero).
+"""
+
+CacheResult = Literal["none", "hit", "miss", "bypass"]
+"""Response cache outcome. ``none`` means no cache is in the request path."""
+
+
+# --- event ids --------------------------------------------------------------------------
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_sequence = 0
+
+
+def new_event_id() -> str:
+    """Return a new UUIDv7 (RFC 9562) whose text sorts in creation order within a process.
+
+    The 12-bit ``rand_a`` field is a counter seeded at random each millisecond, so ids
+    made in the same millisecond still increase. When the counter overflows, the
+    timestamp is advanced by one millisecond.
+    """
+    global _last_ms, _sequence
+    now_ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if now_ms > _last_ms:
+            _last_ms = now_ms
+            # Start in the lower half so a burst in one millisecond rarely overflows.
+            _sequence = secrets.randbits(11)
+        else:
+            _sequence += 1
+            if _sequence > 0xFFF:
+                _last_ms += 1
+                _sequence = secrets.randbits(11)
+        timestamp, sequence = _last_ms, _sequence
+    value = (
+        (timestamp & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | sequence << 64
+        | 0b10 << 62
+        | secrets.randbits(62)
+    )
+    return str(uuid.UUID(int=value))
+
+
+def utc_timestamp(epoch_seconds: float) -> str:
+    """Format a Unix time as RFC 3339 UTC with milliseconds, e.g. ``2026-01-02T03:04:05.678Z``."""
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# --- parts of an event ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TokenCounts:
+    """Token counts as in ``core.types.Usage``.
+
+    ``input`` includes ``cached_input`` and ``cache_write``, and ``output`` includes
+    ``reasoning``, so the detail counts must never be added to the totals.
+    """
+
+    input: int = 0
+    output: int = 0
+    cached_input: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One try at one deployment: its label, and the error code and upstream status if it
+    failed (both ``None`` for the try that succeeded)."""
+
+    deployment: str
+    error: str | None = None
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class PolicySummary:
+    """The policies' decision as names and counts. It never contains a matched value."""
+
+    policies: list[str] = field(default_factory=list)
+    audit_policies: list[str] = field(default_factory=list)
+    request_entities: dict[str, int] = field(default_factory=dict)
+    """Findings per entity type in the request, such as ``{"EMAIL": 2}``."""
+    response_entities: dict[str, int] = field(default_factory=dict)
+    actions: dict[str, str] = field(default_factory=dict)
+    """Action taken per entity type, such as ``{"EMAIL": "mask"}``."""
+    rules: list[str] = field(default_factory=list)
+    """Content rules that fired, as ``<document>/<rule>``."""
+    labels: list[str] = field(default_factory=list)
+    blocked_by: str | None = None
+    errors: int = 0
+
+
+# --- the event --------------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class UsageEvent:
+    """The record of one gateway request; see the module docstring for units."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    """UUIDv7, unique per event; the control plane deduplicates on it."""
+    request_id: str
+    started_at: str
+    """RFC 3339 UTC time at which the gateway received the request."""
+    instance: str
+    site: str
+    operation: str = "chat"
+    """OpenTelemetry ``gen_ai.operation.name``: ``chat`` or ``embeddings``."""
+    dialect: str
+    """The ingress dialect the caller spoke: ``openai`` or ``anthropic``."""
+    key_name: str | None = None
+    team: str | None = None
+    user: str | None = None
+    provider: str | None = None
+    """The configured provider name of the deployment that served the request."""
+    provider_kind: str | None = None
+    """The provider type, such as ``openai``, ``azure_openai`` or ``bedrock``."""
+    deployment: str | None = None
+    """``<provider>/<model>`` of the deployment that served the request."""
+    model_requested: str | None = None
+    model_served: str | None = None
+    """The model the provider reports in its response, else the deployment's model."""
+    tokens: TokenCounts = field(default_factory=TokenCounts)
+    usage_source: UsageSource = "none"
+    cost_usd: str | None = None
+    price_missing: bool = False
+    """True when tokens were used but the catalogue has no price for the model."""
+    price_as_of: str | None = None
+    """Date of the catalogue entry that priced the event."""
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    """Milliseconds from receipt of the request to the first streamed bytes; streams only."""
+    stream: bool = False
+    cache: CacheResult = "none"
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    normalization: list[dict[str, Any]] = field(default_factory=list)
+    """The parameter changes of the attempt that served the request, from
+    ``normalize.changes_to_dicts``."""
+    policy: PolicySummary | None = None
+    finish_reason: str | None = None
+    status: int = 0
+    """HTTP status sent to the caller; 499 when the caller disconnected first."""
+    error_type: str | None = None
+    """The gateway error code (such as ``upstream_timeout``), or ``None`` on success."""
+    client_disconnected: bool = False
+
+    @property
+    def fallbacks(self) -> int:
+        """Return how many times the request moved on to another deployment."""
+        moves = 0
+        for previous, current in zip(self.attempts, self.attempts[1:], strict=False):
+            if current.deployment != previous.deployment:
+                moves += 1
+        return moves
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
+        """Build an event from its JSON form.
+
+        Raises:
+            ValueError: the schema version is newer than this code, or a field is missing
+                or of the wrong type.
+        """
+        version = data.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ValueError(
+                f"Usage event schema_version {version!r} is not supported; this code reads "
+                f"versions up to {SCHEMA_VERSION}."
+            )
+        try:
+            values = dict(data)
+            values["tokens"] = TokenCounts(**values.get("tokens", {}))
+            values["attempts"] = [AttemptRecord(**a) for a in values.get("attempts", [])]
+            policy = values.get("policy")
+            values["policy"] = PolicySummary(**policy) if policy is not None else None
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"Invalid usage event: {exc}.") from exc
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> UsageEvent:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("A usage event must be a JSON object.")
+        return cls.from_dict(data)

@@ -1,0 +1,108 @@
+"""Usage events: UUIDv7 ids, the JSON form and its schema version."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import pytest
+
+from smartflow.usage.events import (
+    SCHEMA_VERSION,
+    AttemptRecord,
+    PolicySummary,
+    TokenCounts,
+    UsageEvent,
+    new_event_id,
+    utc_timestamp,
+)
+
+
+def _event(**overrides: object) -> UsageEvent:
+    values: dict[str, object] = {
+        "event_id": new_event_id(),
+        "request_id": "req_1",
+        "started_at": utc_timestamp(0),
+        "instance": "gw-1",
+        "site": "eu",
+        "dialect": "openai",
+    }
+    values.update(overrides)
+    return UsageEvent(**values)  # type: ignore[arg-type]
+
+
+def test_event_id_is_uuid7() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    parsed = uuid.UUID(new_event_id())
+    after_ms = time.time_ns() // 1_000_000
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    timestamp_ms = parsed.int >> 80
+    assert before_ms <= timestamp_ms <= after_ms + 1
+
+
+def test_event_ids_sort_in_creation_order() -> None:
+    # Many of 20,000 ids share a millisecond, which exercises the counter within it.
+    ids = [new_event_id() for _ in range(20_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_timestamp_is_rfc3339_utc() -> None:
+    assert utc_timestamp(1_700_000_000.1234) == "2023-11-14T22:13:20.123Z"
+
+
+def test_event_round_trips_through_json() -> None:
+    event = _event(
+        tokens=TokenCounts(input=120, output=30, cached_input=100, cache_write=0, reasoning=10),
+        attempts=[
+            AttemptRecord("openai/gpt-4o", "upstream_overloaded", 529),
+            AttemptRecord("azure/x"),
+        ],
+        policy=PolicySummary(policies=["pii"], request_entities={"EMAIL": 2}),
+        normalization=[{"param": "temperature", "rule": "clamp", "before": 3, "after": 2}],
+        cost_usd="0.00123",
+    )
+    raw = event.to_json()
+    data = orjson.loads(raw)
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["tokens"]["cached_input"] == 100
+    assert data["policy"]["request_entities"] == {"EMAIL": 2}
+    assert UsageEvent.from_json(raw) == event
+
+
+def test_newer_schema_version_is_rejected() -> None:
+    data = orjson.loads(_event().to_json())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match="schema_version"):
+        UsageEvent.from_dict(data)
+
+
+def test_unknown_field_is_rejected() -> None:
+    data = orjson.loads(_event().to_json())
+    data["prompt"] = "secret text"
+    with pytest.raises(ValueError, match="Invalid usage event"):
+        UsageEvent.from_dict(data)
+
+
+def test_unknown_token_field_is_rejected() -> None:
+    data = orjson.loads(_event().to_json())
+    data["tokens"]["audio"] = 5
+    with pytest.raises(ValueError, match="Invalid usage event"):
+        UsageEvent.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("deployments", "expected"),
+    [
+        ([], 0),
+        (["a"], 0),
+        (["a", "a"], 0),
+        (["a", "a", "b"], 1),
+        (["a", "b", "b", "c"], 2),
+    ],
+)
+def test_fallbacks_count_deployment_changes(deployments: list[str], expected: int) -> None:
+    event = _event(attempts=[AttemptRecord(d, "upstream_error", 500) for d in deployments])
+    assert event.fallbacks == expected

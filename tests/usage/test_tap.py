@@ -1,0 +1,241 @@
+"""Usage read from real simulator responses, on pass-through and translated paths."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from smartflow.core.stream import StreamEvent
+from smartflow.dialects.openai.streaming import StreamEncoder as OpenAIEncoder
+from smartflow.gateway.ingress import OPENAI
+from smartflow.providers.anthropic import AnthropicProvider
+from smartflow.providers.base import Deployment, Secret
+from smartflow.providers.openai import OpenAIProvider
+from smartflow.sim.anthropic import AnthropicSimulator
+from smartflow.sim.openai import OpenAISimulator
+from smartflow.usage.builder import UsageBuilder
+from smartflow.usage.prices import PriceCatalog
+from smartflow.usage.tap import (
+    ObservingEncoder,
+    PassthroughTap,
+    observe_render,
+    record_passthrough_body,
+)
+
+KEY = "sim-key"
+PROMPT = "Tell me about usage accounting in three short sentences, please."
+
+
+@pytest.fixture
+async def openai_sim() -> AsyncIterator[str]:
+    sim = OpenAISimulator(api_keys=[KEY])
+    url = await sim.start()
+    try:
+        yield url
+    finally:
+        await sim.stop()
+
+
+@pytest.fixture
+async def anthropic_sim() -> AsyncIterator[str]:
+    sim = AnthropicSimulator(api_keys=[KEY], chunk_delay=0.01)
+    url = await sim.start()
+    try:
+        yield url
+    finally:
+        await sim.stop()
+
+
+def _builder(dialect: str) -> UsageBuilder:
+    return UsageBuilder(request_id="req_tap", dialect=dialect, instance="gw", site="local")
+
+
+def _sse_payloads(raw: bytes) -> list[dict[str, Any]]:
+    """Parse ``data:`` lines independently of the gateway's SSE parser."""
+    payloads = []
+    for line in raw.decode().splitlines():
+        if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+            payloads.append(orjson.loads(line[5:].strip()))
+    return payloads
+
+
+async def _openai_stream(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    headers = {"Authorization": f"Bearer {KEY}"}
+    return await http.post(url + "/v1/chat/completions", json=body, headers=headers)
+
+
+async def _anthropic_stream(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": True,
+    }
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    return await http.post(url + "/v1/messages", json=body, headers=headers)
+
+
+async def test_openai_passthrough_stream(openai_sim: str) -> None:
+    provider = OpenAIProvider("openai-main", api_key=Secret(KEY), base_url=openai_sim + "/v1")
+    builder = _builder("openai")
+    builder.set_deployment(Deployment("gpt-4o", provider, "gpt-4o"))
+    tap = PassthroughTap(builder, provider)
+    async with aiohttp.ClientSession() as http:
+        response = await _openai_stream(http, openai_sim)
+        raw = b"".join([chunk async for chunk in tap.wrap(response.content.iter_any())])
+        response.release()
+    event = builder.finish(200, PriceCatalog.default())
+
+    usage = next(p["usage"] for p in _sse_payloads(raw) if p.get("usage"))
+    assert not tap.stopped
+    assert event.usage_source == "provider"
+    assert event.tokens.input == usage["prompt_tokens"]
+    assert event.tokens.output == usage["completion_tokens"]
+    assert event.tokens.input > 0
+    assert event.finish_reason == "stop"
+    assert event.model_served == _sse_payloads(raw)[0]["model"]
+    assert event.cost_usd is not None
+
+
+async def test_anthropic_passthrough_stream(anthropic_sim: str) -> None:
+    provider = AnthropicProvider("claude", api_key=Secret(KEY), base_url=anthropic_sim)
+    builder = _builder("anthropic")
+    builder.set_deployment(Deployment("claude-sonnet-4-5", provider, "claude-sonnet-4-5"))
+    tap = PassthroughTap(builder, provider)
+    async with aiohttp.ClientSession() as http:
+        response = await _anthropic_stream(http, anthropic_sim)
+        raw = b"".join([chunk async for chunk in tap.wrap(response.content.iter_any())])
+        response.release()
+    event = builder.finish(200)
+
+    payloads = _sse_payloads(raw)
+    start = next(p for p in payloads if p["type"] == "message_start")
+    delta = next(p for p in payloads if p["type"] == "message_delta")
+    assert event.usage_source == "provider"
+    assert event.tokens.input == start["message"]["usage"]["input_tokens"]
+    assert event.tokens.output == delta["usage"]["output_tokens"]
+    assert event.tokens.output > 1
+
+
+async def test_stream_cut_part_way_is_partial(anthropic_sim: str) -> None:
+    provider = AnthropicProvider("claude", api_key=Secret(KEY), base_url=anthropic_sim)
+    builder = _builder("anthropic")
+    builder.set_deployment(Deployment("claude-sonnet-4-5", provider, "claude-sonnet-4-5"))
+    tap = PassthroughTap(builder, provider)
+    received = b""
+    async with aiohttp.ClientSession() as http:
+        response = await _anthropic_stream(http, anthropic_sim)
+        async for chunk in tap.wrap(response.content.iter_any()):
+            received += chunk
+            if b"content_block_delta" in received:
+                break  # the caller goes away after the first text
+        response.close()
+    builder.mark_client_disconnected()
+    event = builder.finish(200)
+
+    start = next(p for p in _sse_payloads(received) if p["type"] == "message_start")
+    assert b"message_delta" not in received
+    assert event.usage_source == "partial"
+    assert event.tokens.input == start["message"]["usage"]["input_tokens"]
+    assert event.tokens.output >= 1
+    assert event.status == 499
+
+
+async def test_passthrough_body(openai_sim: str) -> None:
+    provider = OpenAIProvider("openai-main", api_key=Secret(KEY), base_url=openai_sim + "/v1")
+    builder = _builder("openai")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            openai_sim + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as response:
+            raw = await response.read()
+    assert record_passthrough_body(builder, provider, raw)
+    event = builder.finish(200)
+    usage = orjson.loads(raw)["usage"]
+    assert event.usage_source == "provider"
+    assert event.tokens.input == usage["prompt_tokens"]
+    assert event.tokens.output == usage["completion_tokens"]
+
+
+async def test_translated_stream_through_encoder(anthropic_sim: str) -> None:
+    # Anthropic upstream and OpenAI caller, so the encoder receives canonical events.
+    provider = AnthropicProvider("claude", api_key=Secret(KEY), base_url=anthropic_sim)
+    builder = _builder("openai")
+    observed = ObservingEncoder(OpenAIEncoder("claude-sonnet-4-5", include_usage=False), builder)
+    plain = OpenAIEncoder("claude-sonnet-4-5", include_usage=False)
+    parser, decoder = provider.frame_parser(), provider.stream_decoder()
+    events: list[StreamEvent] = []
+    async with aiohttp.ClientSession() as http:
+        response = await _anthropic_stream(http, anthropic_sim)
+        async for chunk in response.content.iter_any():
+            for name, data in parser.feed(chunk):
+                events.extend(decoder.feed(data, name))
+        response.release()
+    out_observed = b"".join(observed.encode(e) for e in events)
+    out_plain = b"".join(plain.encode(e) for e in events)
+    event = builder.finish(200)
+
+    assert out_observed == out_plain
+    assert b'"usage"' not in out_observed  # the caller did not ask for usage
+    assert event.usage_source == "provider"
+    assert event.tokens.input > 0
+    assert event.tokens.output > 1
+
+
+async def test_translated_response_through_render(anthropic_sim: str) -> None:
+    provider = AnthropicProvider("claude", api_key=Secret(KEY), base_url=anthropic_sim)
+    builder = _builder("openai")
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(anthropic_sim + "/v1/messages", json=body, headers=headers) as resp:
+            data = await resp.json()
+    render = observe_render(OPENAI.render_response, builder)
+    rendered = orjson.loads(render(provider.parse_response(data)))
+    event = builder.finish(200)
+
+    assert rendered["usage"]["prompt_tokens"] == data["usage"]["input_tokens"]
+    assert event.tokens.input == data["usage"]["input_tokens"]
+    assert event.tokens.output == data["usage"]["output_tokens"]
+    assert event.model_served == data["model"]
+
+
+async def test_tap_never_breaks_the_stream() -> None:
+    provider = OpenAIProvider("openai-main", api_key=Secret(KEY), base_url="http://127.0.0.1:9/v1")
+    builder = _builder("openai")
+    tap = PassthroughTap(builder, provider)
+    chunks = [b"data: {not json}\n\n", b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
+
+    async def source() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    passed = [chunk async for chunk in tap.wrap(source())]
+    assert passed == chunks
+    assert tap.stopped
+    assert builder.finish(200).usage_source == "none"
+
+
+def test_unreadable_body_is_not_recorded() -> None:
+    provider = OpenAIProvider("openai-main", api_key=Secret(KEY), base_url="http://127.0.0.1:9/v1")
+    builder = _builder("openai")
+    assert not record_passthrough_body(builder, provider, b"<html>bad gateway</html>")
+    assert not record_passthrough_body(builder, provider, b"[1, 2]")
+    assert builder.finish(502).usage_source == "none"
