@@ -39,6 +39,15 @@ for _variable in (
     os.environ.pop(_variable, None)
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run each test in its own directory, so the default relative state directory of a
+    gateway (policy versions, usage queue) never leaks between tests or into the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @dataclass
 class Stack:
     url: str

@@ -11,6 +11,7 @@ simulator as it was sent.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -307,6 +308,8 @@ async def _start(loop: LoopThread) -> Stack:
             deployment["base_model"] = base_model
         models[public_name(family)] = [deployment]
     config = {
+        # A module-wide stack starts before the per-test working directory exists.
+        "state_dir": tempfile.mkdtemp(prefix="smartflow-property-"),
         "server": {"access_log": False},
         "providers": providers,
         "models": models,

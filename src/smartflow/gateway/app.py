@@ -23,7 +23,11 @@ from smartflow.policy.store import ActivePolicy, PolicyStore
 from smartflow.providers.base import Deployment, Provider
 from smartflow.providers.registry import build_provider
 from smartflow.routing.router import Router
+from smartflow.telemetry.metrics import GatewayMetrics
 from smartflow.transport.http import HTTPSettings, create_session
+from smartflow.usage.prices import PriceCatalog
+from smartflow.usage.queue import UsageQueue
+from smartflow.usage.recorder import UsageRecorder
 
 __all__ = ["GATEWAY_KEY", "POLICY_STORE_KEY", "RunningGateway", "build_app", "start_gateway"]
 
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 """The app's ``Gateway``, for callers that swap its policy with ``set_policy``."""
 POLICY_STORE_KEY: web.AppKey[PolicyStore[Evaluator]] = web.AppKey("policy_store", PolicyStore)
+USAGE_QUEUE_KEY = web.AppKey("usage_queue", UsageQueue)
 
 
 def build_app(
@@ -92,7 +97,15 @@ def build_app(
         profiles=profiles,
         image_fetch=config.image_fetch,
     )
+    metrics = GatewayMetrics()
+    recorder = UsageRecorder(
+        instance=config.server.instance,
+        site=config.server.site,
+        prices=PriceCatalog.default(),
+        metrics=metrics,
+    )
     gateway = Gateway(
+        usage=recorder,
         router=Router(routes),
         keys=keys,
         dispatcher=dispatcher,
@@ -110,6 +123,18 @@ def build_app(
     app[POLICY_STORE_KEY] = store
     app.middlewares.append(gateway.dialect_errors)
     app.cleanup_ctx.append(session_context)
+    app.router.add_get("/metrics", metrics.handle)
+
+    async def usage_context(app: web.Application):  # type: ignore[no-untyped-def]
+        queue = await UsageQueue.open(Path(config.state_dir) / "usage" / "events.db")
+        recorder.queue = queue
+        metrics.watch_pipeline(queue)
+        app[USAGE_QUEUE_KEY] = queue
+        yield
+        recorder.queue = None
+        await queue.close()
+
+    app.cleanup_ctx.append(usage_context)
     return app
 
 

@@ -35,6 +35,14 @@ from smartflow.policy.run import PolicyRun
 from smartflow.policy.stream_rewrite import StreamRewriter, stream_rewriter
 from smartflow.providers.anthropic import AnthropicProvider
 from smartflow.routing.router import Router
+from smartflow.usage.builder import UsageBuilder
+from smartflow.usage.recorder import UsageRecorder
+from smartflow.usage.tap import (
+    ObservingEncoder,
+    PassthroughTap,
+    observe_render,
+    record_passthrough_body,
+)
 
 __all__ = ["Gateway"]
 
@@ -65,7 +73,9 @@ class Gateway:
         strict_params: bool = False,
         policy: Evaluator | None = None,
         site: str = "local",
+        usage: UsageRecorder | None = None,
     ) -> None:
+        self.usage = usage
         self.policy = policy
         """The active policy version; ``set_policy`` swaps it between requests."""
         self.site = site
@@ -224,10 +234,17 @@ class Gateway:
         status = 500
         model = "-"
         served = "-"
+        usage = self.usage.start(request_id, ingress.name) if self.usage else None
+        exchange: Exchange | None = None
+        run: PolicyRun | None = None
         try:
             caller = self.keys.authenticate(request.headers)
+            if usage:
+                usage.set_caller(caller)
             body = await self._read_json(request)
             canonical = ingress.parse_request(body)
+            if usage:
+                usage.set_request(canonical, estimated_input_tokens=_estimate_tokens(canonical))
             model = canonical.model[:100]
             deployments = self.router.deployments(canonical.model)
             run = self._evaluate_policy(caller, canonical, request, request_id)
@@ -242,14 +259,19 @@ class Gateway:
                 or request.headers.get(STRICT_HEADER, "").lower() in ("1", "true")
             )
             if canonical.stream:
-                response = await self._stream(request, ingress, exchange, deployments, run)
+                response = await self._stream(request, ingress, exchange, deployments, run, usage)
                 served = response.headers.get("x-smartflow-deployment", "-")
                 status = response.status
                 return response
-            payload, deployment = await self.dispatcher.complete(
-                exchange, deployments, ingress.render_response
-            )
+            render = ingress.render_response
+            if usage:
+                render = observe_render(render, usage)
+            payload, deployment = await self.dispatcher.complete(exchange, deployments, render)
             served = deployment.label
+            if usage:
+                usage.set_deployment(deployment)
+                if not usage.has_usage:
+                    record_passthrough_body(usage, deployment.provider, payload)
             headers = {
                 ingress.request_id_header: request_id,
                 "x-smartflow-deployment": served,
@@ -264,17 +286,25 @@ class Gateway:
             return web.Response(body=payload, content_type=_JSON, headers=headers)
         except SmartflowError as exc:
             status = exc.status
+            if usage:
+                usage.record_error(exc)
             return self._error_response(ingress, exc, request_id)
         except asyncio.CancelledError:
             status = 499
+            if usage:
+                usage.mark_client_disconnected()
             logger.info("request %s: client disconnected; upstream request cancelled", request_id)
             raise
-        except Exception:
+        except Exception as exc:
             logger.exception("request %s: unexpected error", request_id)
+            if usage:
+                usage.record_error(exc)
             return self._error_response(
                 ingress, InternalError("The gateway failed to process the request."), request_id
             )
         finally:
+            if usage and self.usage:
+                _finish_usage(self.usage, usage, exchange, run, status)
             if self.access_log:
                 access_logger.info(
                     "%s %s %s model=%s deployment=%s status=%s ms=%.1f",
@@ -294,11 +324,22 @@ class Gateway:
         exchange: Exchange,
         deployments: list[Any],
         run: PolicyRun | None,
+        usage: UsageBuilder | None = None,
     ) -> web.StreamResponse:
         canonical: ChatRequest = exchange.request
-        stream = await self.dispatcher.open_stream(
-            exchange, deployments, lambda: ingress.make_encoder(canonical)
-        )
+
+        def make_encoder() -> Any:
+            encoder = ingress.make_encoder(canonical)
+            return ObservingEncoder(encoder, usage) if usage else encoder
+
+        stream = await self.dispatcher.open_stream(exchange, deployments, make_encoder)
+        if usage:
+            usage.set_deployment(stream.deployment)
+            usage.mark_first_byte()
+            if stream.passthrough:
+                tap = PassthroughTap(usage, stream.deployment.provider)
+                tap.feed(stream.first)
+                stream.rest = tap.wrap(stream.rest)
         headers = {
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
@@ -318,6 +359,8 @@ class Gateway:
             try:
                 await _relay(response, stream, rewriter)
             except PolicyViolation as exc:
+                if usage:
+                    usage.record_error(exc)
                 logger.info(
                     "request %s: stream stopped by policy: %s", exchange.request_id, exc.message
                 )
@@ -325,6 +368,8 @@ class Gateway:
             except PolicyEvaluationFailed as exc:
                 await response.write(ingress.make_encoder(canonical).encode_error(exc))
             except UpstreamError as exc:
+                if usage:
+                    usage.record_error(exc)
                 logger.warning(
                     "request %s: stream from %s failed after it started: %s",
                     exchange.request_id,
@@ -335,6 +380,8 @@ class Gateway:
             await response.write_eof()
         except ConnectionError:
             # Writing to a caller that has gone away; the upstream is closed below.
+            if usage:
+                usage.mark_client_disconnected()
             logger.info(
                 "request %s: client disconnected mid-stream; upstream request cancelled",
                 exchange.request_id,
@@ -427,6 +474,22 @@ def _log_decision(run: PolicyRun) -> None:
     fired = decision.request_entities or decision.response_entities or decision.rules
     level = logging.INFO if fired or decision.errors else logging.DEBUG
     logger.log(level, "request %s: policy decision %s", run.request_id, decision.header())
+
+
+def _finish_usage(
+    recorder: UsageRecorder,
+    usage: UsageBuilder,
+    exchange: Exchange | None,
+    run: PolicyRun | None,
+    status: int,
+) -> None:
+    if exchange is not None:
+        usage.set_attempts(exchange.attempts)
+        if exchange.normalized is not None:
+            usage.set_normalization(exchange.normalized.changes)
+    if run is not None:
+        usage.set_policy(run.decision)
+    recorder.emit(usage, status)
 
 
 def _params_report(exchange: Exchange) -> str:

@@ -90,6 +90,8 @@ class OpenStream:
     first: bytes
     rest: AsyncIterator[bytes]
     response: aiohttp.ClientResponse
+    passthrough: bool = False
+    """True when ``first`` and ``rest`` are the provider's own bytes."""
 
     def close(self) -> None:
         # Closing (not releasing) drops the connection, which cancels the upstream
@@ -343,7 +345,7 @@ class Dispatcher:
             if passthrough and first.startswith(b"event: error"):
                 response.close()
                 self._raise_stream_error(first, deployment)
-            return OpenStream(deployment, first, chunks, response)
+            return OpenStream(deployment, first, chunks, response, passthrough)
 
         return await self._with_fallback(exchange, deployments, call)
 
