@@ -5,6 +5,10 @@ and return their bytes unchanged, so fields unknown to the gateway survive both 
 Bedrock, Gemini and Cohere deployments get bodies built by their adapters, in as many
 upstream calls as the provider's batch limit needs, and their vectors come back in
 OpenAI's shape. Retries and fallback are those of chat requests.
+
+The request rules of the policies in scope read the input texts before any provider call,
+and compliance rules narrow the deployments, as on chat (see
+``smartflow.policy.embedding_input`` for tokenize and token-array input).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 import uuid
 from array import array
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 import aiohttp
@@ -23,6 +27,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from smartflow.auth.keys import Caller
 from smartflow.core.errors import (
     InternalError,
     InvalidRequest,
@@ -41,6 +46,9 @@ from smartflow.dialects.openai.embeddings import (
 from smartflow.gateway.handlers import Gateway
 from smartflow.gateway.ingress import OPENAI
 from smartflow.gateway.upstream import Dispatcher, Exchange, _map_transport_error
+from smartflow.policy.decision import POLICY_HEADER
+from smartflow.policy.embedding_input import EmbeddingPolicyResult, evaluate_embedding_input
+from smartflow.policy.hooks import request_context
 from smartflow.providers.base import Deployment, Target
 
 __all__ = ["TOKEN_COUNT_HEADER", "EmbeddingsEndpoint", "add_embedding_routes", "select_deployments"]
@@ -280,18 +288,24 @@ class EmbeddingsEndpoint:
         model = "-"
         served = "-"
         try:
-            self.gateway.keys.authenticate(request.headers)
+            caller = self.gateway.keys.authenticate(request.headers)
             body = await self.gateway._read_json(request)
             parsed = parse_embedding_request(body)
             model = parsed.model[:100]
-            # NOTE: the policy engine does not inspect embeddings input yet, so policies
-            # that block or redact chat text do not apply to this endpoint.
-            result = await self._embed(request_id, body, parsed, request.headers)
+            deployments = select_deployments(self.gateway.router.deployments(parsed.model), parsed)
+            policy = self._evaluate_policy(caller, parsed, request, request_id)
+            if policy is not None:
+                body, parsed = _apply_policy(policy, body, parsed)
+                deployments = policy.run.allowed_deployments(deployments)
+            result = await self._embed(request_id, body, parsed, request.headers, deployments)
             served = result.deployment.label
             status = 200
             headers = {OPENAI.request_id_header: request_id, "x-smartflow-deployment": served}
             if result.estimated:
                 headers[TOKEN_COUNT_HEADER] = "estimate"
+            if policy is not None:
+                headers[POLICY_HEADER] = policy.header()
+                _log_decision(policy)
             return web.Response(body=result.body, content_type="application/json", headers=headers)
         except SmartflowError as exc:
             status = exc.status
@@ -323,13 +337,56 @@ class EmbeddingsEndpoint:
         body: dict[str, Any],
         parsed: EmbeddingRequest,
         client_headers: Mapping[str, str],
+        deployments: list[Deployment],
     ) -> _Served:
-        deployments = select_deployments(self.gateway.router.deployments(parsed.model), parsed)
         # Exchange carries a chat request, which only the chat path reads.
         placeholder = ChatRequest(model=parsed.model, messages=[])
         exchange = Exchange(request_id, OPENAI.name, body, placeholder, client_headers)
         call = _EmbeddingCall(self.gateway.dispatcher, parsed, body)
         return await self.gateway.dispatcher.run_with_fallback(exchange, deployments, call)
+
+    def _evaluate_policy(
+        self, caller: Caller, parsed: EmbeddingRequest, request: web.Request, request_id: str
+    ) -> EmbeddingPolicyResult | None:
+        """Run the active policy over the input; None when no document is in scope.
+
+        Raises:
+            PolicyViolation: an enforced rule blocks the input.
+            PolicyEvaluationFailed: evaluation raised and a policy in scope fails closed.
+            InvalidRequest: token arrays, and an enforced request rule would have to read them.
+        """
+        evaluator = self.gateway.policy
+        if evaluator is None:
+            return None
+        context = request_context(caller, parsed.model, request.headers, self.gateway.site)
+        return evaluate_embedding_input(
+            evaluator,
+            context,
+            parsed.texts,
+            token_arrays=bool(parsed.token_arrays),
+            request_id=request_id,
+        )
+
+
+def _apply_policy(
+    policy: EmbeddingPolicyResult, body: dict[str, Any], parsed: EmbeddingRequest
+) -> tuple[dict[str, Any], EmbeddingRequest]:
+    """Return the body and the parsed request with the input texts the rules rewrote.
+
+    The body keeps the shape of its ``input``: one string stays a string.
+    """
+    if parsed.token_arrays or policy.texts == parsed.texts:
+        return body, parsed
+    texts = policy.texts
+    new_input: str | list[str] = texts[0] if isinstance(body.get("input"), str) else texts
+    return {**body, "input": new_input}, replace(parsed, texts=texts)
+
+
+def _log_decision(policy: EmbeddingPolicyResult) -> None:
+    decision = policy.run.decision
+    fired = decision.request_entities or decision.rules or decision.errors or policy.unscanned
+    level = logging.INFO if fired else logging.DEBUG
+    logger.log(level, "request %s: policy decision %s", policy.run.request_id, policy.header())
 
 
 def add_embedding_routes(app: web.Application, gateway: Gateway) -> None:
