@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +207,25 @@ def test_keys_hash_matches_library() -> None:
         timeout=30,
     )
     assert result.stdout.strip() == hash_key(DEV_KEY)
+
+
+def test_control_plane_command_serves_openapi(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [*SMARTFLOW, "control-plane", "--port", str(port), "--state-dir", str(tmp_path / "cp")],
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_port(port, process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=10) as reply:
+            spec = json.loads(reply.read())
+        assert spec["openapi"].startswith("3.1")
+        assert "/v1/sync" in spec["paths"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    token_file = tmp_path / "cp" / "initial-admin-token"
+    assert token_file.stat().st_mode & 0o077 == 0

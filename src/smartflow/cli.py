@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from smartflow import __version__
 from smartflow.auth.keys import KEY_PREFIX, generate_key, hash_key
@@ -83,6 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(up)
 
+    control = commands.add_parser(
+        "control-plane",
+        help="run the control plane: central store, admin API and sync stream",
+        description="Serve the control plane's admin API and the sync stream for gateway "
+        "instances.",
+    )
+    control.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    control.add_argument("--port", type=int, default=7778, help="TCP port (default: 7778)")
+    control.add_argument(
+        "--state-dir",
+        default=os.environ.get("SMARTFLOW_CONTROL_STATE_DIR", ".smartflow-control"),
+        metavar="DIR",
+        help="directory for the SQLite database and keys (default: .smartflow-control, or "
+        "$SMARTFLOW_CONTROL_STATE_DIR)",
+    )
+    control.add_argument(
+        "--database-url",
+        default=os.environ.get("SMARTFLOW_CONTROL_DATABASE_URL"),
+        metavar="URL",
+        help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB (default: SQLite "
+        "in the state directory, or $SMARTFLOW_CONTROL_DATABASE_URL)",
+    )
+    control.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate chain; serve HTTPS with --tls-key"
+    )
+    control.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    _add_common(control)
+
     keys = commands.add_parser("keys", help="create and hash virtual keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     new_help = "print a new random virtual key and the SHA-256 to put in the configuration"
@@ -118,6 +149,27 @@ async def _wait_for_signal() -> None:
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("stop signal received")
+
+
+async def _run_control_plane(args: argparse.Namespace) -> None:
+    from smartflow.control import ControlPlaneSettings, start_control_plane  # noqa: PLC0415 - loads SQLAlchemy only here
+
+    try:
+        settings = ControlPlaneSettings(
+            host=args.host,
+            port=args.port,
+            state_dir=Path(args.state_dir),
+            database_url=args.database_url,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid control plane options: {exc.errors()[0]['msg']}") from exc
+    running = await start_control_plane(settings)
+    try:
+        await _wait_for_signal()
+    finally:
+        await running.stop()
 
 
 async def _run_up(args: argparse.Namespace) -> None:
@@ -465,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "admin":
         return _admin(args)
     log_setup.setup(args.log_level)
-    runner = _run_gateway if args.command == "gateway" else _run_up
+    runners = {"gateway": _run_gateway, "up": _run_up, "control-plane": _run_control_plane}
+    runner = runners[args.command]
     try:
         try:
             import uvloop  # noqa: PLC0415 - optional speed-up
