@@ -138,3 +138,40 @@ async def test_tool_round_trip(
     assert second.tool_calls == []
     assert second.finish == "stop"
     assert second.output_tokens == count_tokens(second.text)
+
+
+IMAGE_PROMPT = "What is in this picture?"
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+@pytest.mark.parametrize("stream", STREAMING, ids=_ids(STREAMING, "stream"))
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("ingress", INGRESSES)
+async def test_image_input(stack: Stack, ingress: str, provider: str, stream: bool) -> None:
+    model = MODELS[provider][0]
+    if ingress == "openai":
+        content: list[dict] = [
+            {"type": "text", "text": IMAGE_PROMPT},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+        ]
+        outcome = await openai_chat(
+            stack.url, model, [{"role": "user", "content": content}], stream=stream
+        )
+    else:
+        content = [
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": "image/png", "data": PIXEL},
+            },
+            {"type": "text", "text": IMAGE_PROMPT},
+        ]
+        outcome = await anthropic_chat(
+            stack.url, model, [{"role": "user", "content": content}], stream=stream
+        )
+
+    assert "I see 1 image(s)" in outcome.text
+    assert outcome.tool_calls == []
+    assert outcome.finish == "stop"
+    assert outcome.output_tokens == count_tokens(outcome.text)
+    assert outcome.input_tokens >= count_tokens(IMAGE_PROMPT)
+    assert PIXEL in json.dumps(stack.sim(provider).requests[-1].body)
