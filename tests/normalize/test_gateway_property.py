@@ -137,47 +137,7 @@ class Gap:
     message: str | None = None
 
 
-_GEMINI_2 = ("gemini/2.5-pro", "gemini/2.5-flash-lite", "gemini/2.5-flash", "gemini/2.0")
-_BEDROCK_BUDGET = (
-    "bedrock/claude-4-5",
-    "bedrock/claude-opus-4-1",
-    "bedrock/claude-opus-4-5",
-    "bedrock/claude-opus-4",
-    "bedrock/claude-4",
-)
 KNOWN_GAPS = {
-    "gemini-logprobs": Gap(
-        _GEMINI_2,
-        "logprobs",
-        "the Gemini adapter never writes generationConfig.responseLogprobs",
-        {"logprobs": True},
-    ),
-    "gemini-top-logprobs": Gap(
-        _GEMINI_2,
-        "top_logprobs",
-        "the Gemini adapter never writes generationConfig.logprobs",
-        {"logprobs": True, "top_logprobs": 3},
-    ),
-    "cohere-logprobs": Gap(
-        ("cohere/command-a-reasoning", "cohere/command-a", "cohere/command-r"),
-        "logprobs",
-        "the Cohere adapter never writes logprobs",
-        {"logprobs": True},
-    ),
-    "bedrock-top-k": Gap(
-        ("bedrock/mistral", "bedrock/nova", "bedrock/cohere-command-r"),
-        "top_k",
-        "the Bedrock adapter sends top_k to Claude models only",
-        {"max_tokens": 200, "extra_body": {"top_k": 20}},
-        dialect="anthropic",
-    ),
-    "bedrock-budget-zero": Gap(
-        _BEDROCK_BUDGET,
-        "reasoning_effort",
-        "the Bedrock adapter sends thinking_budget 0 as enabled thinking with 0 tokens",
-        {"reasoning_effort": "none"},
-        message="budget_tokens: Input should be greater than or equal to 1024",
-    ),
     "mistral-tool-choice-any": Gap(
         ("bedrock/mistral",),
         "tool_choice",

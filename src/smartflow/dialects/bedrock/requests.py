@@ -244,8 +244,44 @@ def _claude_fields(sampling: Sampling) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if sampling.top_k is not None:
         fields["top_k"] = sampling.top_k
-    if sampling.thinking_budget is not None:
+    # A budget of 0 (reasoning effort "none") means no thinking. Thinking is off unless
+    # requested, so no field is sent, because Claude rejects enabled thinking below 1024.
+    if sampling.thinking_budget:
         fields["thinking"] = {"type": "enabled", "budget_tokens": sampling.thinking_budget}
+    return fields
+
+
+def _top_k_field(model_id: str, top_k: int) -> dict[str, Any] | None:
+    """Render top_k in the model's own additionalModelRequestFields name, if it takes one.
+
+    The names are those of each model's native request in the Bedrock user guide: Nova
+    reads ``inferenceConfig.topK``, Cohere Command models ``k`` and Mistral ``top_k``.
+    """
+    base = base_model_id(model_id) or ""
+    if base.startswith("amazon.nova-"):
+        return {"inferenceConfig": {"topK": top_k}}
+    if base.startswith("cohere.command"):
+        return {"k": top_k}
+    if base.startswith("mistral."):
+        # NOTE: the user guide lists top_k for Mistral's text completion request, but not
+        # for the chat completion request of Mistral Large 2402 and Large 2 (24.07).
+        # Whether Converse passes it on to those models is unconfirmed.
+        return {"top_k": top_k}
+    return None
+
+
+def _model_fields(request: ChatRequest, model_id: str) -> dict[str, Any]:
+    """Collect the additionalModelRequestFields for ``model_id``."""
+    sampling = request.sampling
+    if is_claude(model_id):
+        return _claude_fields(sampling)
+    fields: dict[str, Any] = {}
+    if sampling.top_k is not None:
+        fields = _top_k_field(model_id, sampling.top_k) or {}
+        if not fields:
+            logger.debug("%s takes no top_k through Converse, so it is not sent", model_id)
+    if sampling.thinking_budget:
+        logger.debug("thinking budgets go to Claude models only, so not to %s", model_id)
     return fields
 
 
@@ -333,20 +369,17 @@ def build_converse_request(request: ChatRequest, model_id: str) -> dict[str, Any
     inference = _inference_config(request.sampling)
     if inference:
         body["inferenceConfig"] = inference
-    if is_claude(model_id):
-        fields = _claude_fields(request.sampling)
-        if fields:
-            body["additionalModelRequestFields"] = fields
-        if request.sampling.stop:
-            # Converse reports that a stop sequence matched but not which one. Claude's
-            # native response names it, and this path requests that field from Bedrock.
-            # NOTE: "/stop_sequence" is the AWS documentation's example. The stream path
-            # follows Claude's message_delta and is unconfirmed, though Converse ignores a
-            # path that matches nothing, so at worst the matched text stays unknown.
-            path = "/delta/stop_sequence" if request.stream else "/stop_sequence"
-            body["additionalModelResponseFieldPaths"] = [path]
-    elif request.sampling.top_k is not None or request.sampling.thinking_budget is not None:
-        logger.debug("top_k and thinking go to Claude models only, so not to %s", model_id)
+    fields = _model_fields(request, model_id)
+    if fields:
+        body["additionalModelRequestFields"] = fields
+    if is_claude(model_id) and request.sampling.stop:
+        # Converse reports that a stop sequence matched but not which one. Claude's
+        # native response names it, and this path requests that field from Bedrock.
+        # NOTE: "/stop_sequence" is the AWS documentation's example. The stream path
+        # follows Claude's message_delta and is unconfirmed, though Converse ignores a
+        # path that matches nothing, so at worst the matched text stays unknown.
+        path = "/delta/stop_sequence" if request.stream else "/stop_sequence"
+        body["additionalModelResponseFieldPaths"] = [path]
     tool_config = _tool_config(request, messages)
     if tool_config is not None:
         body["toolConfig"] = tool_config

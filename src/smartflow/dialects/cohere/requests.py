@@ -183,6 +183,11 @@ def _apply_sampling(request: ChatRequest, body: dict[str, Any]) -> None:
         body["p"] = min(max(s.top_p, _P_RANGE[0]), _P_RANGE[1])
     if s.stop:
         body["stop_sequences"] = s.stop
+    if s.logprobs is not None:
+        # NOTE: Chat v2 takes logprobs as a boolean with no count of alternatives, so
+        # top_logprobs has no Cohere field. The canonical response has no logprobs, so
+        # the logprobs that Cohere returns do not reach the client yet.
+        body["logprobs"] = s.logprobs
     if s.thinking_budget is not None:
         if s.thinking_budget > 0:
             body["thinking"] = {"type": "enabled", "token_budget": s.thinking_budget}

@@ -237,6 +237,28 @@ def _thinking_config(request: ChatRequest, model: str) -> dict[str, Any] | None:
     return {"thinkingBudget": budget, "includeThoughts": budget != 0}
 
 
+def _apply_logprobs(request: ChatRequest, config: dict[str, Any]) -> None:
+    """Write ``responseLogprobs`` and ``logprobs`` (the count of top alternatives).
+
+    Gemini rejects ``logprobs`` unless ``responseLogprobs`` is true, so a request with
+    ``top_logprobs`` but no ``logprobs: true`` is rejected here with the OpenAI message.
+    """
+    # NOTE: the canonical response has no logprobs, so the logprobs that Gemini returns
+    # in candidates[].logprobsResult do not reach the client yet.
+    s = request.sampling
+    if s.logprobs is not None:
+        config["responseLogprobs"] = s.logprobs
+    if s.top_logprobs is None:
+        return
+    if s.logprobs is not True:
+        raise InvalidRequest(
+            "Invalid request: 'top_logprobs' is set but 'logprobs' is not true. Set "
+            "'logprobs' to true, or remove 'top_logprobs'.",
+            param="top_logprobs",
+        )
+    config["logprobs"] = s.top_logprobs
+
+
 def _generation_config(request: ChatRequest, model: str) -> dict[str, Any]:
     s = request.sampling
     if s.n is not None and s.n > 1:
@@ -261,6 +283,7 @@ def _generation_config(request: ChatRequest, model: str) -> dict[str, Any]:
             config[name] = value
     if s.stop:
         config["stopSequences"] = s.stop
+    _apply_logprobs(request, config)
     fmt = request.response_format
     if fmt is not None and fmt.type != "text":
         config["responseMimeType"] = "application/json"
