@@ -253,6 +253,10 @@ class Dispatcher:
         self, exchange: Exchange, deployment: Deployment, payload: bytes, *, stream: bool
     ) -> aiohttp.ClientResponse:
         provider = deployment.provider
+        prepare = getattr(provider, "prepare_auth", None)
+        if prepare is not None:
+            # Token exchanges (Vertex AI service accounts) run off the event loop here.
+            await prepare()
         target = provider.chat_target(
             deployment.model, stream=stream, client_headers=exchange.client_headers
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 import threading
@@ -38,6 +40,9 @@ _PROJECT = re.compile(r"^[a-z0-9.:-]{2,100}$")
 _MIN_VALIDITY_S = 60.0
 # A token closer than this to its expiry is refreshed in a background thread.
 _EARLY_REFRESH_S = 300.0
+# Timeout of one HTTP attempt to the token endpoint. google-auth 2.x makes up to three
+# attempts when the endpoint answers 5xx.
+_TOKEN_TIMEOUT_S = 10.0
 
 
 class _GeminiAdapter:
@@ -151,21 +156,21 @@ class StaticToken:
 class ServiceAccountTokens:
     """Access tokens exchanged for a service-account key file with ``google-auth``.
 
-    A token is refreshed in a background thread when it has less than five minutes
-    left. Only a missing or nearly expired token is refreshed in the calling thread,
-    which blocks the event loop for one HTTPS round trip to Google's token endpoint.
-
-    NOTE: the tests never contact Google, so the token exchange itself is untested here.
+    google-auth signs a JWT with the file's private key and posts it to the file's
+    ``token_uri``. ``prepare`` runs that exchange in a worker thread. ``token`` refreshes
+    a token with less than five minutes left in a background thread, and only a missing
+    or nearly expired token in the calling thread.
     """
 
     def __init__(self, provider: str, path: str | Path) -> None:
         try:
+            from google.auth.transport.requests import Request  # noqa: PLC0415
             from google.oauth2 import service_account  # noqa: PLC0415 (optional dependency)
         except ImportError as exc:
             raise ConfigError(
-                f"providers.{provider}: a service-account file needs the google-auth package "
-                "to obtain access tokens; install it with `pip install google-auth`, or give "
-                "a static access token instead"
+                f"providers.{provider}: a service-account file needs the google-auth and "
+                "requests packages to obtain access tokens; install them with "
+                "`pip install google-auth requests`, or give a static access token instead"
             ) from exc
         load_file: Any = service_account.Credentials.from_service_account_file
         try:
@@ -175,8 +180,14 @@ class ServiceAccountTokens:
                 f"providers.{provider}: cannot read the service-account file {path}: {exc}"
             ) from exc
         self.provider = provider
+        # google-auth has no public getter for the file's token_uri.
+        self.token_uri = str(getattr(self._credentials, "_token_uri", "(unknown)"))
+        # One requests session for every exchange. google-auth's own default timeout
+        # is 120 s per attempt.
+        self._request = functools.partial(Request(), timeout=_TOKEN_TIMEOUT_S)
         self._lock = threading.Lock()
         self._background: threading.Thread | None = None
+        self._prepared = False
 
     def _seconds_left(self) -> float | None:
         expiry = self._credentials.expiry
@@ -186,41 +197,75 @@ class ServiceAccountTokens:
         now = datetime.now(UTC).replace(tzinfo=None)
         return float((expiry - now).total_seconds())
 
+    def _needs_refresh(self, unless_valid_for: float) -> bool:
+        left = self._seconds_left()
+        return left is None or left < unless_valid_for
+
     def _refresh(self, *, unless_valid_for: float) -> None:
         from google.auth.exceptions import GoogleAuthError  # noqa: PLC0415
-        from google.auth.transport.requests import Request  # noqa: PLC0415
 
         with self._lock:
-            left = self._seconds_left()
-            if left is not None and left >= unless_valid_for:
+            if not self._needs_refresh(unless_valid_for):
                 return  # another thread refreshed it meanwhile
             try:
-                self._credentials.refresh(Request())
+                self._credentials.refresh(self._request)
             except GoogleAuthError as exc:
-                raise UpstreamUnavailable(
-                    f"Cannot obtain a Vertex AI access token for {self.provider}: {exc}",
-                    provider=self.provider,
-                ) from exc
+                raise self._exchange_error(exc) from exc
         logger.info("%s: obtained a new Vertex AI access token", self.provider)
+
+    def _exchange_error(self, exc: Exception) -> UpstreamError:
+        from google.auth.exceptions import TransportError  # noqa: PLC0415
+
+        # RefreshError's first argument is "error: error_description" from the token
+        # endpoint; TransportError wraps the requests exception.
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        message = (
+            f"Cannot obtain a Vertex AI access token for {self.provider} from the token "
+            f"endpoint {self.token_uri}: {reason}"
+        )
+        if isinstance(exc, TransportError) or getattr(exc, "retryable", False):
+            return UpstreamUnavailable(message, provider=self.provider)
+        # A rejected key or assertion fails the same way on every retry.
+        return UpstreamError(
+            message + " Check the service-account file configured for this gateway.",
+            provider=self.provider,
+        )
 
     def _refresh_in_background(self) -> None:
         try:
             self._refresh(unless_valid_for=_EARLY_REFRESH_S)
-        except UpstreamUnavailable as exc:
+        except UpstreamError as exc:
             logger.warning("%s: early token refresh failed: %s", self.provider, exc.message)
 
+    async def prepare(self) -> None:
+        """Refresh a missing or nearly expired token in a worker thread, so that the next
+        ``token`` call returns at once."""
+        if self._needs_refresh(_MIN_VALIDITY_S):
+            await asyncio.to_thread(self._refresh, unless_valid_for=_MIN_VALIDITY_S)
+            self._prepared = True
+
     def token(self) -> str:
+        if self._prepared:
+            # ``prepare`` exchanged it for this very request: use it as it is, even when
+            # the provider granted less validity than the refresh margins ask for.
+            self._prepared = False
+            return str(self._credentials.token)
         left = self._seconds_left()
         if left is None or left < _MIN_VALIDITY_S:
+            # NOTE: this blocks the event loop for the whole exchange, including
+            # google-auth's own retries, unless ``prepare`` was awaited first.
             self._refresh(unless_valid_for=_MIN_VALIDITY_S)
-        elif left < _EARLY_REFRESH_S and (
+            return str(self._credentials.token)
+        # Read before starting a background refresh, which may replace it at any moment.
+        current = str(self._credentials.token)
+        if left < _EARLY_REFRESH_S and (
             self._background is None or not self._background.is_alive()
         ):
             self._background = threading.Thread(
                 target=self._refresh_in_background, name=f"{self.provider}-token", daemon=True
             )
             self._background.start()
-        return str(self._credentials.token)
+        return current
 
 
 def vertex_base_url(location: str) -> str:
@@ -278,6 +323,16 @@ class VertexGeminiProvider(_GeminiAdapter):
             f"{self.base_url}/{self.api_version}/projects/{self.project}/locations/"
             f"{self.location}/publishers/google/models/{quote(model, safe='')}"
         )
+
+    async def prepare_auth(self) -> None:
+        """Obtain a fresh access token off the event loop, if the token source needs one.
+
+        TODO: the dispatcher does not await this yet, so the first exchange and every
+        overdue refresh run inside ``chat_target`` and block the event loop.
+        """
+        prepare = getattr(self._tokens, "prepare", None)
+        if prepare is not None:
+            await prepare()
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": "Bearer " + self._tokens.token()}
