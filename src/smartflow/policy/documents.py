@@ -31,6 +31,7 @@ __all__ = [
     "PolicyIssue",
     "PolicySpec",
     "PolicyValidationError",
+    "RecognizerRule",
     "RegexContentRule",
     "ScopeSpec",
     "StreamSpec",
@@ -40,6 +41,7 @@ __all__ = [
     "dump_documents",
     "load_yaml",
     "parse_documents",
+    "recognizer_entity_names",
     "validate_documents",
 ]
 
@@ -54,6 +56,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _NAME_RULE = "1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit"
 # Custom pattern and word-list names become entity names (``ticket`` reports TICKET).
 _ENTITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+# A recogniser's model is named as an installed package (such as a spaCy pipeline), never as a
+# file path, so a policy cannot make the gateway load files from arbitrary places.
+_MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
 
 
 class PolicyIssue(BaseModel):
@@ -234,6 +239,60 @@ class CustomSpec(_Strict):
         return self
 
 
+class RecognizerRule(_Directed):
+    """An optional deeper recogniser, such as ``presidio``, switched on for this document.
+
+    Its package and model must be installed on the gateway host: a document that names a
+    recogniser that is not installed fails to compile, so it never becomes active.
+    """
+
+    name: str
+    """The registered recogniser, for example ``presidio`` (Presidio with a spaCy model)."""
+    entities: list[str] = Field(min_length=1)
+    """Entity types to report, as the recogniser names them (``PERSON``, ``LOCATION``)."""
+    action: ActionName
+    min_score: float = Field(0.5, ge=0.0, le=1.0)
+    """Findings with a lower confidence score (0 to 1) are dropped."""
+    language: str = "en"
+    """The language code of the texts, as the recogniser names it."""
+    model: str = ""
+    """The installed model package to load, such as ``en_core_web_lg`` for presidio; empty
+    means the recogniser's default. The gateway never downloads a model."""
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("entities")
+    @classmethod
+    def _entity_names(cls, value: list[str]) -> list[str]:
+        names = []
+        for name in value:
+            if not _ENTITY_NAME.fullmatch(name):
+                raise ValueError(
+                    f"invalid entity type {name!r}: use a letter followed by up to 63 letters, "
+                    "digits or '_'"
+                )
+            names.append(name.upper())
+        _require_unique(names, "entity type")
+        return names
+
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?", value):
+            raise ValueError(f"invalid language code {value!r}: use a code such as 'en' or 'de'")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if value and not _MODEL_NAME.fullmatch(value):
+            raise ValueError(
+                f"invalid model name {value!r}: name an installed model package (letters, "
+                "digits, '_', '.' or '-', starting with a letter), not a path"
+            )
+        return value
+
+
 class WordContentRule(_Directed):
     """A deny or allow list. A deny match blocks; an allow match exempts what lies inside it."""
 
@@ -337,6 +396,8 @@ class PolicySpec(_Strict):
     scope: ScopeSpec = ScopeSpec()
     entities: list[EntityRule] = []
     custom: CustomSpec = CustomSpec()
+    recognizers: list[RecognizerRule] = []
+    """Optional deeper recognisers; none by default, so the default path loads no model."""
     content: ContentSpec = ContentSpec()
     compliance: ComplianceSpec = ComplianceSpec()
     stream: StreamSpec = StreamSpec()
@@ -345,6 +406,13 @@ class PolicySpec(_Strict):
     @classmethod
     def _unique_entities(cls, value: list[EntityRule]) -> list[EntityRule]:
         _require_unique([rule.type for rule in value], "entity type")
+        return value
+
+    @field_validator("recognizers")
+    @classmethod
+    def _unique_recognizer_entities(cls, value: list[RecognizerRule]) -> list[RecognizerRule]:
+        names = [entity for rule in value for entity in rule.entities]
+        _require_unique(names, "recognizer entity type")
         return value
 
 
@@ -444,17 +512,32 @@ def validate_documents(items: Sequence[Any]) -> list[PolicyDocument]:
 
 
 def _semantic_issues(document: PolicyDocument, label: str) -> list[PolicyIssue]:
-    """Check what one field cannot check alone: label mappings name a known entity type."""
+    """Check what one field cannot check alone: label mappings name a known entity type, and
+    recognisers do not report a custom entity type."""
     custom = custom_entity_names(document.spec)
+    recognized = recognizer_entity_names(document.spec)
     issues = []
+    for index, rule in enumerate(document.spec.recognizers):
+        for position, entity in enumerate(rule.entities):
+            if entity in custom:
+                issues.append(
+                    PolicyIssue(
+                        document=label,
+                        path=f"spec.recognizers[{index}].entities[{position}]",
+                        message=f"entity type {entity!r} is also a custom entity; rename one",
+                    )
+                )
+    known = BUILTIN_ENTITIES | custom | recognized
     for index, mapping in enumerate(document.spec.compliance.labels_from_entities):
-        if mapping.entity not in BUILTIN_ENTITIES and mapping.entity not in custom:
-            known = ", ".join(sorted(BUILTIN_ENTITIES | custom))
+        if mapping.entity not in known:
             issues.append(
                 PolicyIssue(
                     document=label,
                     path=f"spec.compliance.labels_from_entities[{index}].entity",
-                    message=f"unknown entity type {mapping.entity!r}; expected one of {known}",
+                    message=(
+                        f"unknown entity type {mapping.entity!r}; expected one of "
+                        f"{', '.join(sorted(known))}"
+                    ),
                 )
             )
     return issues
@@ -464,6 +547,11 @@ def custom_entity_names(spec: PolicySpec) -> set[str]:
     """Return the entity types that the custom patterns and word lists of ``spec`` report."""
     names = {pattern.name.upper() for pattern in spec.custom.patterns}
     return names | {word_list.name.upper() for word_list in spec.custom.word_lists}
+
+
+def recognizer_entity_names(spec: PolicySpec) -> set[str]:
+    """Return the entity types that the recognisers of ``spec`` report."""
+    return {entity for rule in spec.recognizers for entity in rule.entities}
 
 
 def dump_documents(documents: Iterable[PolicyDocument]) -> str:

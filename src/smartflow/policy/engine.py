@@ -17,7 +17,7 @@ from smartflow.core.types import ChatRequest
 from smartflow.policy.actions import Action
 from smartflow.policy.content import ContentRules, RegexRule, TopicRule, WordRule
 from smartflow.policy.decision import PolicyCounters
-from smartflow.policy.detectors import ENTITY_GROUPS, Detector, DetectorSet
+from smartflow.policy.detectors import BUILTIN_ENTITIES, ENTITY_GROUPS, Detector, DetectorSet
 from smartflow.policy.documents import (
     ComplianceRule,
     CustomPattern,
@@ -27,6 +27,7 @@ from smartflow.policy.documents import (
     PolicySpec,
     PolicyValidationError,
 )
+from smartflow.policy.recognizers import RecognizerError, RecognizerOptions, build_recognizer
 from smartflow.policy.run import PolicyRun
 
 __all__ = [
@@ -75,6 +76,8 @@ class _CompiledDocument:
     word_lists: Mapping[str, tuple[str, ...]]
     content: Mapping[str, ContentRules | None]
     entity_labels: Mapping[str, tuple[str, ...]]
+    recognizers: Mapping[str, tuple[Detector, ...]]
+    """Per direction: the detectors of the document's ``spec.recognizers`` that run there."""
 
     def matches(self, context: RequestContext) -> bool:
         scope = self.spec.scope
@@ -203,7 +206,7 @@ class Evaluator:
         merged[REQUEST].recorded |= set(entity_labels)
 
         detectors = {
-            direction: self._detectors(documents, merged[direction].recorded)
+            direction: self._detectors(documents, merged[direction].recorded, direction)
             for direction in _DIRECTIONS
         }
         content = tuple(
@@ -230,22 +233,24 @@ class Evaluator:
         )
 
     def _detectors(
-        self, documents: Sequence[_CompiledDocument], entities: set[str]
+        self, documents: Sequence[_CompiledDocument], entities: set[str], direction: str
     ) -> DetectorSet | None:
         if not entities:
             return None
         patterns: dict[str, str] = {}
         word_lists: dict[str, tuple[str, ...]] = {}
+        # Keyed by identity: documents with an equal recogniser entry share one detector.
+        recognizers: dict[int, Detector] = {}
         for document in documents:
             patterns.update((e, p) for e, p in document.patterns.items() if e in entities)
             word_lists.update((e, w) for e, w in document.word_lists.items() if e in entities)
-        builtin = [e for e in entities if e not in patterns and e not in word_lists]
+            recognizers.update((id(d), d) for d in document.recognizers[direction])
         return DetectorSet.build(
-            builtin,
+            [e for e in entities if e in BUILTIN_ENTITIES],
             patterns,
             word_lists,
             phone_regions=self._phone_regions,
-            extra_detectors=self._extra_detectors,
+            extra_detectors=[*recognizers.values(), *self._extra_detectors],
         )
 
 
@@ -281,9 +286,10 @@ def compile_policies(
     compiled: list[_CompiledDocument] = []
     issues: list[PolicyIssue] = []
     custom_owners: dict[str, tuple[str, str]] = {}
+    recognizers: dict[tuple[str, RecognizerOptions], Detector] = {}
     for document in documents:
         try:
-            item = _compile_document(document, phone_regions)
+            item = _compile_document(document, phone_regions, recognizers)
         except ConfigError as exc:
             path = f"spec.{exc.param}" if exc.param else "spec"
             issues.append(PolicyIssue(document=document.name, path=path, message=exc.message))
@@ -319,7 +325,11 @@ def _custom_conflicts(
     return issues
 
 
-def _compile_document(document: PolicyDocument, phone_regions: Sequence[str]) -> _CompiledDocument:
+def _compile_document(
+    document: PolicyDocument,
+    phone_regions: Sequence[str],
+    recognizers: dict[tuple[str, RecognizerOptions], Detector],
+) -> _CompiledDocument:
     spec = document.spec
     actions: dict[str, dict[str, Action]] = {direction: {} for direction in _DIRECTIONS}
     for rule in spec.entities:
@@ -336,6 +346,10 @@ def _compile_document(document: PolicyDocument, phone_regions: Sequence[str]) ->
     for custom in customs:
         for direction in _rule_directions(custom.on, custom.action):
             actions[direction][custom.name.upper()] = Action(custom.action)
+    for recognizer in spec.recognizers:
+        for direction in _rule_directions(recognizer.on, recognizer.action):
+            for entity in recognizer.entities:
+                _set_stricter(actions[direction], entity, Action(recognizer.action))
 
     entity_labels: dict[str, tuple[str, ...]] = {}
     for mapping in spec.compliance.labels_from_entities:
@@ -343,7 +357,7 @@ def _compile_document(document: PolicyDocument, phone_regions: Sequence[str]) ->
 
     # Build once here so that an invalid pattern fails at compile time, not per request.
     all_entities = {e for direction in actions.values() for e in direction} | set(entity_labels)
-    builtin = [e for e in all_entities if e not in patterns and e not in word_lists]
+    builtin = [e for e in all_entities if e in BUILTIN_ENTITIES]
     DetectorSet.build(builtin, patterns, word_lists, phone_regions=phone_regions)
     content = {direction: _content_rules(spec, direction) for direction in _DIRECTIONS}
     return _CompiledDocument(
@@ -356,7 +370,47 @@ def _compile_document(document: PolicyDocument, phone_regions: Sequence[str]) ->
         word_lists=word_lists,
         content=content,
         entity_labels=entity_labels,
+        recognizers=_build_recognizers(spec, set(entity_labels), recognizers),
     )
+
+
+def _build_recognizers(
+    spec: PolicySpec,
+    labelled: set[str],
+    built: dict[tuple[str, RecognizerOptions], Detector],
+) -> dict[str, tuple[Detector, ...]]:
+    """Build the detectors of ``spec.recognizers`` and sort them by the directions they run in.
+
+    A recogniser also runs on the request when a compliance label maps one of its entity
+    types. ``built`` shares the detectors of equal entries across the documents of a set.
+
+    Raises:
+        ConfigError: a recogniser is unknown, not installed, or rejects its settings; the
+            ``param`` is the path of the field to fix, below ``spec``.
+    """
+    by_direction: dict[str, list[Detector]] = {direction: [] for direction in _DIRECTIONS}
+    for index, rule in enumerate(spec.recognizers):
+        options = RecognizerOptions(
+            entities=frozenset(rule.entities),
+            min_score=rule.min_score,
+            language=rule.language,
+            model=rule.model,
+        )
+        detector = built.get((rule.name, options))
+        if detector is None:
+            try:
+                detector = build_recognizer(rule.name, options)
+            except RecognizerError as exc:
+                field_name = exc.param or "name"
+                raise ConfigError(exc.message, param=f"recognizers[{index}].{field_name}") from exc
+            built[(rule.name, options)] = detector
+        directions = set(_rule_directions(rule.on, rule.action))
+        if labelled.intersection(rule.entities):
+            directions.add(REQUEST)
+        for direction in _DIRECTIONS:
+            if direction in directions:
+                by_direction[direction].append(detector)
+    return {direction: tuple(detectors) for direction, detectors in by_direction.items()}
 
 
 def _rule_directions(directions: Sequence[str], action: str) -> list[str]:

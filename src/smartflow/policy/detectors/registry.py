@@ -142,9 +142,9 @@ def _remove_overlaps(findings: list[Finding], rank: Mapping[str, int]) -> list[F
 class DetectorSet:
     """A compiled set of detectors; build it once per policy version and reuse it.
 
-    NOTE: the deeper recogniser of the design (Presidio with an NER model for names and
-    addresses) is not built, because neither is installed here. It would plug in through
-    ``extra_detectors`` as an adapter that maps Presidio results to ``Finding``.
+    Deeper recognisers (Presidio with an NER model for names and addresses) plug in through
+    ``extra_detectors``: a policy switches them on in ``spec.recognizers``, see
+    ``smartflow.policy.recognizers``.
     """
 
     detectors: tuple[Detector, ...]
