@@ -379,7 +379,9 @@ class AuditQuery(_In):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     limit: int = Field(100, ge=1, le=1000)
-    before: int | None = Field(None, ge=1)
+    # Entry ids are 64-bit in both databases; a larger value cannot match and would
+    # overflow the driver.
+    before: int | None = Field(None, ge=1, le=2**63 - 1)
     """Return entries older than this entry id, to page back."""
     object_type: str | None = Field(None, max_length=64)
     object_name: str | None = Field(None, max_length=128)
