@@ -105,7 +105,7 @@ def build_app(
         metrics=metrics,
     )
     gateway = Gateway(
-        usage=recorder,
+        usage=recorder if config.usage.enabled else None,
         router=Router(routes),
         keys=keys,
         dispatcher=dispatcher,
@@ -124,6 +124,8 @@ def build_app(
     app.middlewares.append(gateway.dialect_errors)
     app.cleanup_ctx.append(session_context)
     app.router.add_get("/metrics", metrics.handle)
+    if not config.usage.enabled:
+        return app
 
     async def usage_context(app: web.Application):  # type: ignore[no-untyped-def]
         queue = await UsageQueue.open(Path(config.state_dir) / "usage" / "events.db")
