@@ -1,4 +1,8 @@
-"""Fast mock of the OpenAI Chat Completions upstream, a raw asyncio HTTP/1.1 server."""
+"""Fast mock of the OpenAI Chat Completions and Bedrock ConverseStream upstreams, on raw asyncio.
+
+It is an HTTP/1.1 server that sends fixed replies. It checks neither API keys nor SigV4
+signatures.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from email.utils import formatdate
 from typing import cast
 
 import orjson
+from harness.eventstream import CONVERSE_STREAM_FRAMES
 
 try:
     import uvloop
@@ -27,6 +32,9 @@ __all__ = [
     "RunningUpstream",
     "UpstreamProtocol",
     "UpstreamState",
+    "find_route",
+    "make_chat_route",
+    "make_converse_stream_route",
     "serve",
 ]
 
@@ -140,6 +148,7 @@ def _chunked(payload: bytes) -> bytes:
 
 
 _STREAM_CHUNKS = tuple(_chunked(event) for event in STREAM_EVENTS)
+_CONVERSE_STREAM_CHUNKS = tuple(_chunked(frame) for frame in CONVERSE_STREAM_FRAMES)
 _CHUNKED_END = b"0\r\n\r\n"
 
 
@@ -154,6 +163,10 @@ class HttpRequest:
     keep_alive: bool
 
 
+# A route handler returns the bytes to send, one element per write.
+Route = Callable[[HttpRequest], list[bytes]]
+
+
 @dataclass(slots=True)
 class UpstreamState:
     """Settings and counters shared by all connections of one server."""
@@ -163,7 +176,10 @@ class UpstreamState:
     requests: int = 0
     errors: int = 0
     connections: int = 0
-    routes: dict[str, Callable[[HttpRequest], list[bytes]]] = field(default_factory=dict)
+    # Handlers by exact path.
+    routes: dict[str, Route] = field(default_factory=dict)
+    # Handlers of the Bedrock runtime paths /model/{modelId}/{operation}, by operation.
+    model_routes: dict[str, Route] = field(default_factory=dict)
 
     def refresh_date(self) -> None:
         self.date_line = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
@@ -185,19 +201,46 @@ _REASONS = {
 }
 
 
-def _head(state: UpstreamState, status: int, content_type: bytes, extra: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nx-request-id: req_bench\r\n"
-        b"openai-processing-ms: 0\r\n%s\r\n"
-        % (status, _REASONS.get(status, b"Error"), state.date_line, content_type, extra)
+_OPENAI_HEADERS = b"x-request-id: req_bench\r\nopenai-processing-ms: 0\r\n"
+_BEDROCK_HEADERS = b"x-amzn-RequestId: 5f0c3a4e-8b1d-4c2a-9e7f-000000000b1e\r\n"
+_BEDROCK_ERROR_NAMESPACE = b"http://internal.amazon.com/coral/com.amazon.bedrock/"
+
+
+def _head(
+    state: UpstreamState,
+    status: int,
+    content_type: bytes,
+    extra: bytes,
+    provider_headers: bytes = _OPENAI_HEADERS,
+) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\n%s%s\r\n" % (
+        status,
+        _REASONS.get(status, b"Error"),
+        state.date_line,
+        content_type,
+        provider_headers,
+        extra,
     )
 
 
-def _json_response(state: UpstreamState, status: int, body: bytes, close: bool) -> bytes:
+def _json_response(
+    state: UpstreamState,
+    status: int,
+    body: bytes,
+    close: bool,
+    provider_headers: bytes = _OPENAI_HEADERS,
+) -> bytes:
     extra = b"Content-Length: %d\r\n" % len(body)
     if close:
         extra += b"Connection: close\r\n"
-    return _head(state, status, b"application/json", extra) + body
+    return _head(state, status, b"application/json", extra, provider_headers) + body
+
+
+def _streamed_response(state: UpstreamState, head: bytes, chunks: tuple[bytes, ...]) -> list[bytes]:
+    """Return the writes of a chunked body, one per event unless ``per_event_writes`` is off."""
+    if state.per_event_writes:
+        return [head + chunks[0], *chunks[1:-1], chunks[-1] + _CHUNKED_END]
+    return [head + b"".join(chunks) + _CHUNKED_END]
 
 
 def _error_body(message: str, error_type: str) -> bytes:
@@ -223,15 +266,64 @@ def make_chat_route(state: UpstreamState) -> Callable[[HttpRequest], list[bytes]
         if not request.keep_alive:
             extra += b"Connection: close\r\n"
         head = _head(state, 200, b"text/event-stream; charset=utf-8", extra)
-        if state.per_event_writes:
-            return [
-                head + _STREAM_CHUNKS[0],
-                *_STREAM_CHUNKS[1:-1],
-                _STREAM_CHUNKS[-1] + _CHUNKED_END,
-            ]
-        return [head + b"".join(_STREAM_CHUNKS) + _CHUNKED_END]
+        return _streamed_response(state, head, _STREAM_CHUNKS)
 
     return chat
+
+
+def _bedrock_error(
+    state: UpstreamState, status: int, error_type: str, message: str, close: bool
+) -> bytes:
+    """Build a Bedrock error response, with the type in x-amzn-ErrorType and the message in JSON."""
+    logger.warning("ConverseStream request rejected with %d %s: %s", status, error_type, message)
+    headers = _BEDROCK_HEADERS + b"x-amzn-ErrorType: %s:%s\r\n" % (
+        error_type.encode(),
+        _BEDROCK_ERROR_NAMESPACE,
+    )
+    body = orjson.dumps({"message": message})
+    return _json_response(state, status, body, close, headers)
+
+
+def make_converse_stream_route(state: UpstreamState) -> Route:
+    """Make the handler of ``POST /model/{modelId}/converse-stream``, for any model id.
+
+    The body must be JSON with a non-empty ``messages`` list. The reply is always
+    CONVERSE_STREAM_FRAMES, sent with chunked encoding.
+    """
+
+    def converse_stream(request: HttpRequest) -> list[bytes]:
+        close = not request.keep_alive
+        if request.method != "POST":
+            message = f"method {request.method} is not supported for ConverseStream"
+            return [_bedrock_error(state, 404, "UnknownOperationException", message, close)]
+        try:
+            payload = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            message = "Malformed input request: the body is not valid JSON"
+            return [_bedrock_error(state, 400, "ValidationException", message, close)]
+        messages = payload.get("messages") if isinstance(payload, dict) else None
+        if not (isinstance(messages, list) and messages):
+            message = "Malformed input request: messages must be a non-empty list"
+            return [_bedrock_error(state, 400, "ValidationException", message, close)]
+        extra = b"Transfer-Encoding: chunked\r\n"
+        if close:
+            extra += b"Connection: close\r\n"
+        head = _head(state, 200, b"application/vnd.amazon.eventstream", extra, _BEDROCK_HEADERS)
+        return _streamed_response(state, head, _CONVERSE_STREAM_CHUNKS)
+
+    return converse_stream
+
+
+def find_route(state: UpstreamState, path: str) -> Route | None:
+    """Return the handler of ``path``: an exact route, or a /model/{modelId}/{operation} one."""
+    route = state.routes.get(path)
+    if route is not None or not path.startswith("/model/"):
+        return route
+    # "", "model", the model id (percent-encoded, so it has no "/"), the operation.
+    parts = path.split("/")
+    if len(parts) != 4 or not parts[2]:
+        return None
+    return state.model_routes.get(parts[3])
 
 
 def _parse_chunked(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
@@ -334,7 +426,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def _respond(self, request: HttpRequest) -> None:
         assert self._transport is not None
-        route = self._state.routes.get(request.path)
+        route = find_route(self._state, request.path)
         if route is None:
             body = _error_body(f"no route for {request.path}", "invalid_request_error")
             writes = [_json_response(self._state, 404, body, not request.keep_alive)]
@@ -385,6 +477,7 @@ async def serve(host: str, port: int, state: UpstreamState) -> RunningUpstream:
     loop = asyncio.get_running_loop()
     state.refresh_date()
     state.routes.setdefault("/v1/chat/completions", make_chat_route(state))
+    state.model_routes.setdefault("converse-stream", make_converse_stream_route(state))
     server = await loop.create_server(lambda: UpstreamProtocol(state), host, port, backlog=1024)
     return RunningUpstream(server, asyncio.create_task(_refresh_date_each_second(state)))
 
@@ -417,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--single-write",
         action="store_true",
-        help="send a whole stream in one write instead of one write per SSE event",
+        help="send a whole stream in one write instead of one write per event",
     )
     parser.add_argument("--no-uvloop", action="store_true", help="use the default event loop")
     args = parser.parse_args(argv)

@@ -12,11 +12,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import orjson
 
+from harness import bedrock
+from harness.eventstream import CONVERSE_STREAM_SUFFIX
+
 __all__ = [
+    "BEDROCK_STREAM",
     "CASES",
     "CHAT",
     "CHAT_STREAM",
@@ -27,6 +32,7 @@ __all__ = [
     "GatewayContext",
     "RequestSpec",
     "Workload",
+    "bedrock_gateway_config",
     "check_chat_completion",
     "check_chat_stream",
     "openai_gateway_config",
@@ -136,6 +142,7 @@ class GatewayContext:
 
     port: int
     upstream_url: str
+    # A directory of the case's own, for the gateway's state such as its usage queue.
     workdir: Path
 
 
@@ -146,6 +153,7 @@ def _sha256_hex(text: str) -> str:
 def openai_gateway_config(context: GatewayContext) -> dict[str, object]:
     """Build the gateway config that routes ``bench-model`` to the mock OpenAI upstream."""
     return {
+        "state_dir": str(context.workdir / "state"),
         "server": {"host": "127.0.0.1", "port": context.port, "access_log": False},
         "providers": {
             "mock": {
@@ -170,6 +178,8 @@ class Case:
     build_config: Callable[[GatewayContext], dict[str, object]] = openai_gateway_config
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    # False when the harness's targets are for information only: --check ignores this case.
+    targets_enforced: bool = True
 
 
 _CHAT = RequestSpec(
@@ -190,10 +200,67 @@ CHAT_STREAM = Workload(
     "chat-stream", "streamed", upstream_request=_CHAT_STREAM, gateway_request=_CHAT_STREAM
 )
 
-# TODO: cases still to add, each measured against the same floor: a Bedrock event-stream
-# workload (needs a Bedrock route in mock_upstream.py), the gateway with the default policy on,
-# with usage events on, and behind a TLS listener.
+# Bedrock: the gateway signs a ConverseStream request and translates the event stream into
+# OpenAI SSE. The floor forwards the same Converse body and event-stream bytes unchanged.
+_CONVERSE_STREAM = RequestSpec(
+    path=bedrock.CONVERSE_STREAM_PATH,
+    body=bedrock.converse_request_body(
+        _SYSTEM_PROMPT, _USER_PROMPT, max_tokens=256, temperature=0.2
+    ),
+    check=partial(bedrock.check_converse_stream, expected_start=EXPECTED_CONTENT_START),
+    expect_suffix=CONVERSE_STREAM_SUFFIX,
+)
+BEDROCK_STREAM = Workload(
+    "bedrock-stream",
+    "streamed from Bedrock",
+    upstream_request=_CONVERSE_STREAM,
+    gateway_request=_CHAT_STREAM,
+)
+
+
+def bedrock_gateway_config(context: GatewayContext) -> dict[str, object]:
+    """Build the gateway config that routes ``bench-model`` to Bedrock on the mock upstream."""
+    config = openai_gateway_config(context)
+    config["providers"] = {"bedrock": bedrock.provider_config(context.upstream_url)}
+    config["models"] = {MODEL: [{"provider": "bedrock", "model": bedrock.MODEL_ID}]}
+    return config
+
+
+def default_policy_config(context: GatewayContext) -> dict[str, object]:
+    """Build the OpenAI pass-through config with the packaged default policy on."""
+    config = openai_gateway_config(context)
+    config["policy_files"] = ["builtin:default"]
+    config["state_dir"] = str(context.workdir / "state")
+    return config
+
+
+# TODO: cases still to add, each measured against the same floor: the gateway with usage
+# events on, and behind a TLS listener.
 CASES: tuple[Case, ...] = (
     Case("gateway-chat", CHAT, description="OpenAI to OpenAI pass-through, non-streamed"),
     Case("gateway-chat-stream", CHAT_STREAM, description="OpenAI to OpenAI pass-through, SSE"),
+    Case(
+        "gateway-bedrock-stream",
+        BEDROCK_STREAM,
+        build_config=bedrock_gateway_config,
+        env=bedrock.FAKE_AWS_ENV,
+        description="OpenAI SSE from a Bedrock ConverseStream, signed with SigV4",
+        targets_enforced=False,
+    ),
+    # The target with the default policy is 50% of the floor's rate, below the harness's 60%,
+    # so these cases are printed but not enforced by --check.
+    Case(
+        "gateway-policy",
+        CHAT,
+        build_config=default_policy_config,
+        description="pass-through with the default policy, non-streamed",
+        targets_enforced=False,
+    ),
+    Case(
+        "gateway-policy-stream",
+        CHAT_STREAM,
+        build_config=default_policy_config,
+        description="pass-through with the default policy, SSE",
+        targets_enforced=False,
+    ),
 )

@@ -137,7 +137,9 @@ def _gateway_argv(run: RunContext, config_path: Path, port: int) -> list[str]:
 def start_gateway(run: RunContext, case: Case, servers: contextlib.ExitStack) -> TargetRecord:
     """Write the case's config, start the gateway on the proxy CPU, and probe it."""
     port = free_port()
-    context = GatewayContext(port=port, upstream_url=run.upstream_url, workdir=run.work_dir)
+    case_dir = run.work_dir / case.name
+    case_dir.mkdir(parents=True, exist_ok=True)
+    context = GatewayContext(port=port, upstream_url=run.upstream_url, workdir=case_dir)
     config_path = run.work_dir / f"config-{case.name}.yaml"
     config_path.write_text(yaml.safe_dump(case.build_config(context), sort_keys=False))
     env = {**os.environ, UPSTREAM_KEY_ENV: FAKE_UPSTREAM_KEY, **case.env}

@@ -1,13 +1,31 @@
-"""The benchmark's mock upstream, judged by the OpenAI SDK and by raw HTTP/1.1 exchanges."""
+"""The benchmark's mock upstream, judged by the OpenAI SDK, boto3, botocore and raw HTTP/1.1."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
+import boto3  # type: ignore[import-untyped]
 import openai
+import orjson
+import pytest
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.eventstream import EventStreamBuffer  # type: ignore[import-untyped]
+from harness.eventstream import CONVERSE_STREAM_FRAMES
 from mock_upstream import CONTENT_PARTS, STREAM_EVENTS, UpstreamState
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+MODEL_ID = "anthropic.claude-3-5-sonnet-20241022-v2:0"
+CONVERSE_PATH = "/model/anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse-stream"
+CONVERSE_BODY = orjson.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]})
+CONVERSE_EVENT_TYPES = [
+    "messageStart",
+    *["contentBlockDelta"] * 20,
+    "contentBlockStop",
+    "messageStop",
+    "metadata",
+]
 
 
 def _client(base_url: str) -> openai.AsyncOpenAI:
@@ -53,24 +71,30 @@ def _request(body: bytes, path: str = "/v1/chat/completions", extra: str = "") -
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     status_line = await reader.readline()
     headers: dict[str, str] = {}
     while (line := await reader.readline()) != b"\r\n":
         name, _, value = line.decode().partition(":")
         headers[name.strip().lower()] = value.strip()
-    if "content-length" in headers:
-        return (
-            int(status_line.split()[1]),
-            headers,
-            await reader.readexactly(int(headers["content-length"])),
-        )
-    body = b""
+    return int(status_line.split()[1]), headers
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> list[bytes]:
+    """Read a chunked body and return its chunks, in order."""
+    chunks: list[bytes] = []
     while (size := int((await reader.readline()).strip(), 16)) != 0:
-        body += await reader.readexactly(size)
+        chunks.append(await reader.readexactly(size))
         await reader.readexactly(2)
     await reader.readexactly(2)
-    return int(status_line.split()[1]), headers, body
+    return chunks
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status, headers = await _read_head(reader)
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    return status, headers, b"".join(await _read_chunks(reader))
 
 
 async def _open(base_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -171,3 +195,127 @@ async def test_get_is_not_allowed(upstream: tuple[str, UpstreamState]) -> None:
     assert b"method GET is not allowed" in body
     writer.close()
     await writer.wait_closed()
+
+
+# --- Bedrock ConverseStream --------------------------------------------------------------
+
+
+async def test_converse_stream_parsed_by_botocore(upstream: tuple[str, UpstreamState]) -> None:
+    base_url, state = upstream
+    reader, writer = await _open(base_url)
+    writer.write(_request(CONVERSE_BODY, path=CONVERSE_PATH))
+    status, headers = await _read_head(reader)
+    chunks = await _read_chunks(reader)
+    writer.close()
+    await writer.wait_closed()
+    assert status == 200
+    assert headers["content-type"] == "application/vnd.amazon.eventstream"
+    assert headers["transfer-encoding"] == "chunked"
+    assert headers["x-amzn-requestid"]
+    # One chunk per frame, as a proxy sees events arrive from Bedrock.
+    assert chunks == list(CONVERSE_STREAM_FRAMES)
+    buffer = EventStreamBuffer()
+    buffer.add_data(b"".join(chunks))
+    messages = list(buffer)
+    assert [message.headers[":event-type"] for message in messages] == CONVERSE_EVENT_TYPES
+    assert {message.headers[":message-type"] for message in messages} == {"event"}
+    assert {message.headers[":content-type"] for message in messages} == {"application/json"}
+    payloads = [orjson.loads(message.payload) for message in messages]
+    text = "".join(payload["delta"]["text"] for payload in payloads[1:21])
+    assert text == "".join(CONTENT_PARTS)
+    assert payloads[-2]["stopReason"] == "end_turn"
+    assert payloads[-1]["usage"] == {"inputTokens": 212, "outputTokens": 48, "totalTokens": 260}
+    assert state.requests == 1
+
+
+@pytest.fixture
+def no_aws_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep boto3 from metadata lookups and from any developer's AWS configuration."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _boto3_converse_stream(base_url: str) -> list[dict[str, Any]]:
+    client = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=base_url,
+        aws_access_key_id="AKIDBENCHTEST0000001",
+        aws_secret_access_key="bench/test/secret/not-a-real-aws-key",
+        config=Config(retries={"max_attempts": 1}),
+    )
+    response = client.converse_stream(
+        modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "hi"}]}]
+    )
+    return list(response["stream"])
+
+
+@pytest.mark.usefixtures("no_aws_settings")
+async def test_boto3_reads_converse_stream(upstream: tuple[str, UpstreamState]) -> None:
+    base_url, _ = upstream
+    # boto3 blocks, and the mock serves on this test's event loop.
+    events = await asyncio.to_thread(_boto3_converse_stream, base_url)
+    assert [next(iter(event)) for event in events] == CONVERSE_EVENT_TYPES
+    text = "".join(event["contentBlockDelta"]["delta"]["text"] for event in events[1:21])
+    assert text == "".join(CONTENT_PARTS)
+    assert events[-2]["messageStop"]["stopReason"] == "end_turn"
+    assert events[-1]["metadata"]["usage"]["totalTokens"] == 260
+
+
+async def test_converse_stream_any_model_id(upstream: tuple[str, UpstreamState]) -> None:
+    base_url, _ = upstream
+    reader, writer = await _open(base_url)
+    path = "/model/us.meta.llama3-3-70b-instruct-v1%3A0/converse-stream"
+    writer.write(_request(CONVERSE_BODY, path=path))
+    status, _, body = await _read_response(reader)
+    writer.close()
+    await writer.wait_closed()
+    assert status == 200
+    assert body == b"".join(CONVERSE_STREAM_FRAMES)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", b"not valid JSON"),
+        (b'{"messages": []}', b"messages must be a non-empty list"),
+        (b"[1, 2]", b"messages must be a non-empty list"),
+    ],
+)
+async def test_converse_stream_rejects_invalid_body(
+    upstream: tuple[str, UpstreamState], body: bytes, message: bytes
+) -> None:
+    base_url, _ = upstream
+    reader, writer = await _open(base_url)
+    writer.write(_request(body, path=CONVERSE_PATH))
+    status, headers, response_body = await _read_response(reader)
+    writer.close()
+    await writer.wait_closed()
+    assert status == 400
+    assert headers["x-amzn-errortype"].startswith("ValidationException:")
+    assert message in orjson.loads(response_body)["message"].encode()
+
+
+async def test_model_paths_without_route(upstream: tuple[str, UpstreamState]) -> None:
+    base_url, state = upstream
+    reader, writer = await _open(base_url)
+    paths = [
+        f"/model/{MODEL_ID}/converse",  # an operation the mock does not serve
+        "/model//converse-stream",  # no model id
+        "/model/a/b/converse-stream",  # a model id with an unencoded "/"
+    ]
+    for path in paths:
+        writer.write(_request(CONVERSE_BODY, path=path))
+        status, _, body = await _read_response(reader)
+        assert status == 404, path
+        assert b"no route for" in body
+    writer.write(f"GET {CONVERSE_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    status, headers, _ = await _read_response(reader)
+    assert status == 404
+    assert headers["x-amzn-errortype"].startswith("UnknownOperationException:")
+    writer.close()
+    await writer.wait_closed()
+    assert state.errors == len(paths)
