@@ -162,7 +162,7 @@ class DeploymentSettings(_Strict):
     provider: str
     model: str
     site: str | None = None
-    """Where the deployment runs (such as on-prem or cloud), for residency rules.
+    """Site of the deployment (such as on-prem or cloud), for residency rules.
     Default: the instance's own site."""
     base_model: str | None = None
     """The model family name to normalise parameters for, when ``model`` is an Azure
@@ -206,7 +206,7 @@ class RetrySettings(_Strict):
 class TimeoutSettings(_Strict):
     connect_s: float = Field(10.0, gt=0)
     read_s: float = Field(120.0, gt=0)
-    """Longest wait for the next bytes from an upstream, including the first ones."""
+    """Maximum wait in seconds for the next bytes from an upstream, the first ones included."""
 
 
 class AdminToken(_Strict):

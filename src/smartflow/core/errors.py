@@ -129,7 +129,7 @@ class UpstreamError(SmartflowError):
 
 
 class UpstreamHTTPError(UpstreamError):
-    """The provider answered with an error status.
+    """The provider responded with an error status.
 
     A 4xx keeps its status for the caller and is not retried; a 5xx becomes 502 and
     may be retried on the next deployment.

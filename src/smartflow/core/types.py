@@ -92,7 +92,7 @@ class Message:
 class Tool:
     """A function the model may call.
 
-    ``builtin`` holds the raw definition of a provider's own tool (a server tool such
+    ``builtin`` contains the raw definition of a provider's own tool (a server tool such
     as web search); such a tool can only go unchanged to the dialect it came from.
     """
 
@@ -106,7 +106,7 @@ class Tool:
 
 @dataclass(slots=True)
 class ToolChoice:
-    """How the model may use tools: ``auto``, ``none``, ``required`` or one ``tool``."""
+    """Tool use allowed to the model: ``auto``, ``none``, ``required`` or one ``tool``."""
 
     mode: Literal["auto", "none", "required", "tool"]
     name: str | None = None

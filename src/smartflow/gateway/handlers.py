@@ -202,7 +202,7 @@ class Gateway:
 
     @web.middleware
     async def dialect_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Render aiohttp's own 404 and 405 answers in the caller's dialect."""
+        """Render aiohttp's own 404 and 405 responses in the caller's dialect."""
         try:
             response: web.StreamResponse = await handler(request)
             return response

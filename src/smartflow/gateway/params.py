@@ -2,7 +2,7 @@
 
 The dispatcher calls ``fit`` once per attempt with the caller's original request, so a
 fallback starts again from what the caller sent plus the first deployment's pins.
-When normalisation answers a JSON-schema request with a forced tool, the tool's input
+When normalisation serves a JSON-schema request with a forced tool, the tool's input
 is turned back into reply text here, for whole responses and for streams.
 """
 

@@ -226,7 +226,7 @@ class Dispatcher:
             profiles=self.profiles,
         )
         exchange.normalized = normalized
-        # A JSON schema answered through a forced tool changes the request's shape,
+        # A JSON schema served through a forced tool changes the request's shape,
         # which only the translated path can express.
         passthrough = provider.dialect == exchange.dialect and normalized.json_tool is None
         if passthrough:

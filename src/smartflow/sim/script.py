@@ -41,7 +41,7 @@ def count_tokens(text: str) -> int:
 
 @dataclass(slots=True)
 class SimInput:
-    """What a simulator parsed out of a request, in provider-neutral terms."""
+    """The parts of a request a simulator parsed, in provider-neutral terms."""
 
     model: str
     texts: list[str] = field(default_factory=list)
@@ -52,7 +52,7 @@ class SimInput:
     tool_choice: str = "auto"
     """``auto``, ``none``, ``required`` or the name of the one tool to call."""
     tool_results: list[str] = field(default_factory=list)
-    """Results sent in the last turn; non-empty means answer them."""
+    """Results sent in the last turn. When non-empty, the reply quotes them."""
     json_schema: dict[str, Any] | None = None
     json_mode: bool = False
     max_tokens: int | None = None
