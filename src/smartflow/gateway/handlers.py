@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
+import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from smartflow.auth.keys import Caller, KeyStore
 from smartflow.core.errors import (
@@ -414,18 +415,16 @@ class Gateway:
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             raise _too_large(self.max_body_bytes)
-        raw = bytearray()
-        try:
-            async with asyncio.timeout(self.body_timeout):
-                async for chunk in request.content.iter_any():
-                    raw += chunk
-                    if len(raw) > self.max_body_bytes:
-                        raise _too_large(self.max_body_bytes)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"The request body did not arrive within {self.body_timeout:g} s. Send the whole "
-                "body at once."
-            ) from None
+        content = request.content
+        raw: bytes | bytearray
+        if content.is_eof():
+            # The whole body came with the headers, as it does for most requests: take it
+            # without arming the body timeout.
+            raw = content.read_nowait()
+            if len(raw) > self.max_body_bytes:
+                raise _too_large(self.max_body_bytes)
+        else:
+            raw = await self._read_slow_body(content)
         if not raw:
             raise InvalidRequest("The request body is empty. Send a JSON object.")
         try:
@@ -438,6 +437,22 @@ class Gateway:
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
         return body
+
+    async def _read_slow_body(self, content: StreamReader) -> bytearray:
+        """Read a body that arrives in pieces, within the body timeout and size limit."""
+        raw = bytearray()
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                async for chunk in content.iter_any():
+                    raw += chunk
+                    if len(raw) > self.max_body_bytes:
+                        raise _too_large(self.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.body_timeout:g} s. Send the whole "
+                "body at once."
+            ) from None
+        return raw
 
     def _error_response(
         self, ingress: Ingress, error: SmartflowError, request_id: str
@@ -473,7 +488,8 @@ def _log_decision(run: PolicyRun) -> None:
     decision = run.decision
     fired = decision.request_entities or decision.response_entities or decision.rules
     level = logging.INFO if fired or decision.errors else logging.DEBUG
-    logger.log(level, "request %s: policy decision %s", run.request_id, decision.header())
+    if logger.isEnabledFor(level):
+        logger.log(level, "request %s: policy decision %s", run.request_id, decision.header())
 
 
 def _finish_usage(
@@ -506,8 +522,14 @@ def _too_large(limit: int) -> RequestTooLarge:
     )
 
 
+# Request ids are a random prefix chosen once per process and a counter: unique across
+# instances like a UUID, without reading the system's random source on every request.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
 def _new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    return f"req_{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _estimate_tokens(request: ChatRequest) -> int:

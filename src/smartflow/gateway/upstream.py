@@ -32,11 +32,11 @@ from smartflow.core.errors import (
 )
 from smartflow.core.stream import StreamEvent
 from smartflow.core.types import ChatRequest
-from smartflow.dialects.anthropic.requests import patch_body as patch_anthropic_body
-from smartflow.dialects.openai.requests import patch_body as patch_openai_body
+from smartflow.dialects.anthropic import requests as anthropic_requests
+from smartflow.dialects.openai import requests as openai_requests
 from smartflow.gateway.images import inline_image_urls
 from smartflow.gateway.params import JsonToolEncoder, fit, json_tool_response
-from smartflow.normalize import Normalized, ProfileSet
+from smartflow.normalize import Change, Normalized, ProfileSet
 from smartflow.providers.base import Deployment
 from smartflow.transport.fetch import FetchedImage, ImageFetcher
 
@@ -46,7 +46,31 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_PATCHERS = {"openai": patch_openai_body, "anthropic": patch_anthropic_body}
+_PATCHERS = {"openai": openai_requests.patch_body, "anthropic": anthropic_requests.patch_body}
+# The body fields that carry each canonical parameter, per pass-through dialect.
+_PATCH_FIELDS = {
+    "openai": openai_requests.PATCH_FIELDS,
+    "anthropic": anthropic_requests.PATCH_FIELDS,
+}
+
+
+def _alters_body(
+    change: Change, body: Mapping[str, Any], fields: Mapping[str, tuple[str, ...]]
+) -> bool:
+    """Tell whether ``change`` needs the pass-through body rewritten.
+
+    A rename does not when the caller already sent the value under the target's name and
+    under no other name for the same parameter, for example ``max_completion_tokens`` to OpenAI.
+    """
+    if change.rule == "pass":
+        return False
+    wire = change.wire
+    if change.rule != "rename" or change.into is not None or wire is None or wire not in body:
+        return True
+    sent = body[wire]
+    if type(sent) is not type(change.after) or sent != change.after:
+        return True
+    return any(name in body for name in fields.get(change.param, ()) if name != wire)
 
 
 class Encoder(Protocol):
@@ -233,7 +257,8 @@ class Dispatcher:
             body = provider.passthrough_body(exchange.body, deployment.model)
             # Renamed and derived parameters change the body too: a rename moves a
             # value to another field, and a derived value lands in ``into``.
-            changed = {c.param for c in normalized.accounting if c.rule != "pass"}
+            fields = _PATCH_FIELDS[exchange.dialect]
+            changed = {c.param for c in normalized.accounting if _alters_body(c, body, fields)}
             changed |= {c.into for c in normalized.accounting if c.into}
             if changed:
                 patch = _PATCHERS[exchange.dialect]

@@ -44,6 +44,9 @@ def create_session(settings: HTTPSettings) -> aiohttp.ClientSession:
         connector=connector,
         timeout=timeout,
         auto_decompress=True,
+        # One session serves every caller, so a cookie set by an upstream for one caller
+        # must never ride along on another caller's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "smartflow-gateway"},
     )

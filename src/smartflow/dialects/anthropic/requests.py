@@ -30,7 +30,7 @@ from smartflow.dialects._validate import (
     expect_str,
 )
 
-__all__ = ["DEFAULT_MAX_TOKENS", "build_request", "parse_request", "patch_body"]
+__all__ = ["DEFAULT_MAX_TOKENS", "PATCH_FIELDS", "build_request", "parse_request", "patch_body"]
 
 # Anthropic requires max_tokens; this is used when a request from another dialect
 # carries none and no capability profile supplies a default.
@@ -446,7 +446,7 @@ def _render_tool_choice(request: ChatRequest) -> dict[str, Any] | None:
 
 
 # The body fields that carry each canonical parameter.
-_FIELDS: dict[str, tuple[str, ...]] = {
+PATCH_FIELDS: dict[str, tuple[str, ...]] = {
     "temperature": ("temperature",),
     "top_p": ("top_p",),
     "top_k": ("top_k",),
@@ -472,7 +472,7 @@ def patch_body(
     built = build_request(request, model)
     out = dict(body)
     for param in params:
-        for name in _FIELDS.get(param, ()):
+        for name in PATCH_FIELDS.get(param, ()):
             if name == "output_config":
                 merged = {
                     k: v

@@ -30,7 +30,7 @@ from smartflow.dialects._validate import (
     expect_str,
 )
 
-__all__ = ["build_request", "parse_request", "patch_body", "split_data_url"]
+__all__ = ["PATCH_FIELDS", "build_request", "parse_request", "patch_body", "split_data_url"]
 
 # Dialect roles to canonical ones; "developer" is the newer name for "system".
 _ROLES: dict[str, Role] = {
@@ -383,7 +383,7 @@ def _render_tool(tool: Tool, index: int) -> dict[str, Any]:
 
 
 # The body fields that carry each canonical parameter.
-_FIELDS: dict[str, tuple[str, ...]] = {
+PATCH_FIELDS: dict[str, tuple[str, ...]] = {
     "temperature": ("temperature",),
     "top_p": ("top_p",),
     "max_tokens": ("max_completion_tokens", "max_tokens"),
@@ -412,7 +412,7 @@ def patch_body(
     built = build_request(request, model)
     out = dict(body)
     for param in params:
-        for name in _FIELDS.get(param, ()):
+        for name in PATCH_FIELDS.get(param, ()):
             out.pop(name, None)
             if name in built:
                 out[name] = built[name]

@@ -218,6 +218,7 @@ class SecretDetector:
             raise ValueError(f"unknown secret entities: {sorted(unknown)}")
         self.entities = entities
         self._patterns = tuple(pattern for pattern in _PATTERNS if pattern.entity in entities)
+        self._anchored = tuple((pattern, _anchor_group(pattern)) for pattern in self._patterns)
         anchors = {_anchor_group(pattern): pattern.prefixes for pattern in self._patterns}
         if CONNECTION_STRING in entities:
             anchors[_CONNECTION_ANCHOR] = ("://",)
@@ -226,9 +227,12 @@ class SecretDetector:
     def find(self, scan: ScanContext) -> list[Finding]:
         text = scan.text
         findings: list[Finding] = []
-        for pattern in self._patterns:
+        for pattern, group in self._anchored:
+            hits = scan.keyword_hits(group)
+            if not hits:
+                continue
             tried: set[int] = set()
-            for start, _ in scan.keyword_hits(_anchor_group(pattern)):
+            for start, _ in hits:
                 if start in tried:
                     continue
                 tried.add(start)
