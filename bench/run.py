@@ -26,7 +26,7 @@ from harness.machine import (
 )
 from harness.measure import MeasureSettings, combine_rounds, measure_round
 from harness.procs import ProcessGroup, raise_on_signals
-from harness.report import compare_case, render_table, write_json
+from harness.report import compare_case, compare_with_baseline, render_table, write_json
 from harness.servers import (
     DEFAULT_GATEWAY_CMD,
     FLOOR_STAND_IN_CMD,
@@ -158,6 +158,9 @@ def _measure_workload(
         if case.name in gateways:
             gateway = combine_rounds(gateways[case.name])
             comparison = compare_case(upstream_result, floor_result, gateway)
+            if case.baseline is not None and case.baseline in gateways:
+                baseline = combine_rounds(gateways[case.baseline])
+                compare_with_baseline(comparison, case.baseline, baseline, gateway)
             entry.update(gateway=gateway, comparison=comparison)
         else:
             entry.update(gateway=None, skipped=f"gateway not available: {run.gateway_missing}")
@@ -187,7 +190,10 @@ def _select_cases(names: list[str]) -> list[Case]:
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; known cases: {sorted(by_name)}")
-    return [by_name[name] for name in names]
+    selected = [by_name[name] for name in names]
+    baselines = {case.baseline for case in selected if case.baseline is not None}
+    # A case's baseline runs first, in the same rounds, so the two see the same machine.
+    return [case for case in CASES if case.name in baselines - set(names)] + selected
 
 
 def _exit_code(result: dict[str, object], check: bool) -> int:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -18,6 +21,7 @@ import pytest
 import yaml
 
 from smartflow.auth.keys import hash_key
+from tests.control.conftest import new_database
 
 DEV_KEY = "sk-sf-cli-test-key-0123"
 SMARTFLOW = [sys.executable, "-m", "smartflow.cli"]
@@ -54,26 +58,114 @@ def _wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 2
     raise AssertionError(f"nothing listened on port {port} within {timeout} s")
 
 
-@pytest.fixture
-def up() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = _free_port()
+@dataclass
+class UpStack:
+    """A running `smartflow up`: the on-prem and cloud instances and the control plane."""
+
+    url: str
+    cloud_url: str
+    control_url: str
+    process: subprocess.Popen[str]
+    banner: str = ""
+    """What `smartflow up` printed once every service was ready."""
+
+
+def _wait_until_configured(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Wait until the linked instance at ``url`` serves a configuration."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"smartflow exited early: {process.communicate()}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=5) as reply:
+                if json.loads(reply.read())["status"] == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} served no configuration within {timeout} s")
+
+
+def _read_banner(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    """Read standard output up to the last line of the ready message."""
+    assert process.stdout is not None
+    descriptor = process.stdout.fileno()
+    # Read the descriptor itself: a buffered readline would hide data from select.
+    output = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(descriptor, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=0.5):
+                continue
+            chunk = os.read(descriptor, 65536)
+            if not chunk:
+                raise AssertionError(f"smartflow exited early: {process.communicate()}")
+            output += chunk
+            text = output.decode("utf-8", "replace")
+            if "\n  curl " in text and text.endswith("\n"):
+                return text
+    raise AssertionError(f"no ready message within {timeout} s; got {output!r}")
+
+
+def start_up(data_dir: Path, *extra: str, control_port: int | None = None) -> UpStack:
+    port, cloud_port = _free_port(), _free_port()
+    control_port = control_port or _free_port()
     process = subprocess.Popen(
-        [*SMARTFLOW, "up", "--port", str(port), "--dev-key", DEV_KEY],
+        [
+            *SMARTFLOW,
+            "up",
+            "--port",
+            str(port),
+            "--cloud-port",
+            str(cloud_port),
+            "--control-plane-port",
+            str(control_port),
+            "--data-dir",
+            str(data_dir),
+            "--dev-key",
+            DEV_KEY,
+            *extra,
+        ],
         env=_clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    stack = UpStack(
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{cloud_port}",
+        f"http://127.0.0.1:{control_port}",
+        process,
+    )
     try:
-        _wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}", process
-    finally:
+        _wait_for_port(cloud_port, process, timeout=60)
+        _wait_until_configured(stack.url, process)
+        _wait_until_configured(stack.cloud_url, process)
+        stack.banner = _read_banner(process)
+    except AssertionError as exc:
         process.terminate()
-        process.wait(timeout=10)
+        _, stderr = process.communicate(timeout=20)
+        raise AssertionError(f"{exc}\nstandard error:\n{stderr[-3000:]}") from None
+    except BaseException:
+        process.terminate()
+        process.communicate(timeout=20)
+        raise
+    return stack
 
 
-def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
-    url, _ = up
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[UpStack]:
+    stack = start_up(tmp_path / "data")
+    try:
+        yield stack
+    finally:
+        stack.process.terminate()
+        stack.process.communicate(timeout=20)
+
+
+def test_up_serves_both_sdks(up: UpStack) -> None:
+    url = up.url
     gpt = openai.OpenAI(base_url=url + "/v1", api_key=DEV_KEY, max_retries=0)
     reply = gpt.chat.completions.create(
         model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]
@@ -98,14 +190,133 @@ def test_up_serves_both_sdks(up: tuple[str, subprocess.Popen[str]]) -> None:
     assert message.content[0].text.endswith("You said: hi")
 
 
-def test_up_prints_models_and_simulated_providers(up: tuple[str, subprocess.Popen[str]]) -> None:
-    _, process = up
-    process.terminate()
-    stdout, _ = process.communicate(timeout=10)
-    assert "Smartflow gateway ready at http://127.0.0.1:" in stdout
+def test_up_cloud_instance_serves_on_prem_models(up: UpStack) -> None:
+    claude = anthropic.Anthropic(base_url=up.cloud_url, api_key=DEV_KEY, max_retries=0)
+    reply = claude.messages.with_raw_response.create(
+        model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.headers["x-smartflow-deployment"] == "anthropic/claude-sonnet-4-5"
+    message = reply.parse()
+    assert message.content[0].type == "text"
+    assert message.content[0].text.endswith("You said: hi")
+
+
+def test_up_residency_rule_blocks_forwarding(up: UpStack) -> None:
+    """A compliance rule made at the control plane stops on-prem from forwarding to cloud."""
+    token = _admin_token(up.banner)
+    assert token is not None
+    rule = json.dumps({"label": "confidential", "allowed_sites": ["on-prem"]}).encode()
+    request = urllib.request.Request(
+        up.control_url + "/v1/compliance-rules/on-prem-only",
+        data=rule,
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+    gpt = openai.OpenAI(
+        base_url=up.url + "/v1",
+        api_key=DEV_KEY,
+        max_retries=0,
+        default_headers={"x-smartflow-classification": "confidential"},
+    )
+    messages: Any = [{"role": "user", "content": "hi"}]
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            gpt.chat.completions.create(model="gemini-2.5-flash", messages=messages)
+        except openai.PermissionDeniedError as exc:
+            error = str(exc)
+            break
+        assert time.monotonic() < deadline, "the rule was not enforced within 10 s"
+        time.sleep(0.1)
+    assert "compliance rule for label 'confidential'" in error
+    assert "gemini/gemini-2.5-flash at site cloud" in error
+    reply = gpt.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert (reply.choices[0].message.content or "").endswith("You said: hi")
+
+
+def test_up_prints_models_and_simulated_providers(up: UpStack) -> None:
+    stdout = up.banner
+    assert f"Smartflow gateway ready at {up.url} (instance on-prem, site on-prem" in stdout
+    assert f"Smartflow gateway ready at {up.cloud_url} (instance cloud, site cloud" in stdout
+    assert f"Control plane: {up.control_url}" in stdout
     assert "gpt-4o-mini" in stdout
     for provider in ("openai", "azure", "anthropic", "bedrock", "gemini", "cohere"):
         assert f"Provider {provider}: simulated at http://127.0.0.1:" in stdout
+
+
+def _admin_token(stdout: str) -> str | None:
+    for line in stdout.splitlines():
+        if line.startswith("Admin token (role admin, printed only this once): "):
+            return line.rsplit(" ", 1)[1]
+    return None
+
+
+def _instances(control_url: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        control_url + "/v1/instances", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return {item["name"]: item for item in json.loads(reply.read())["items"]}
+
+
+def test_up_enrolls_both_instances_and_prints_token_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = start_up(data_dir)
+    try:
+        token = _admin_token(first.banner)
+        assert token is not None
+        assert token.startswith("sf-admin-")
+    finally:
+        first.process.terminate()
+        first.process.communicate(timeout=20)
+    # The instances dial the control plane at the address they enrolled with.
+    second = start_up(data_dir, control_port=int(first.control_url.rsplit(":", 1)[1]))
+    try:
+        # The control plane records an acknowledgement just after the instance sends it.
+        deadline = time.monotonic() + 10
+        instances = _instances(second.control_url, token)
+        while time.monotonic() < deadline and any(
+            state["applied_version"] != state["head_version"] for state in instances.values()
+        ):
+            time.sleep(0.1)
+            instances = _instances(second.control_url, token)
+    finally:
+        second.process.terminate()
+        second.process.communicate(timeout=20)
+    assert _admin_token(second.banner) is None
+    assert "Admin token: printed when this data directory was first used" in second.banner
+    assert set(instances) == {"on-prem", "cloud"}
+    for name, state in instances.items():
+        assert state["site"] == name
+        assert state["applied_version"] == state["head_version"], state
+    assert (data_dir / "control" / "control-plane.db").exists()
+    assert (data_dir / "on-prem").is_dir()
+    assert (data_dir / "cloud").is_dir()
+
+    moved = subprocess.run(
+        [
+            *SMARTFLOW,
+            "up",
+            "--port",
+            str(_free_port()),
+            "--cloud-port",
+            str(_free_port()),
+            "--control-plane-port",
+            str(_free_port()),
+            "--data-dir",
+            str(data_dir),
+            "--dev-key",
+            DEV_KEY,
+        ],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert moved.returncode == 2
+    assert "enrolled with the control plane at" in moved.stderr
 
 
 def test_gateway_command_with_config(tmp_path: Path) -> None:
@@ -192,7 +403,16 @@ def test_help_documents_every_option() -> None:
         )
         assert result.returncode == 0
         for option in {
-            "up": ["--host", "--port", "--dev-key", "--log-level"],
+            "up": [
+                "--host",
+                "--port",
+                "--cloud-port",
+                "--control-plane-port",
+                "--data-dir",
+                "--postgres",
+                "--dev-key",
+                "--log-level",
+            ],
             "gateway": ["--config", "--host", "--port", "--log-level"],
         }[command[0]]:
             assert option in result.stdout
@@ -229,3 +449,23 @@ def test_control_plane_command_serves_openapi(tmp_path: Path) -> None:
         process.communicate(timeout=10)
     token_file = tmp_path / "cp" / "initial-admin-token"
     assert token_file.stat().st_mode & 0o077 == 0
+
+
+async def test_up_with_postgres(tmp_path: Path) -> None:
+    async with new_database("postgresql", tmp_path) as url:
+        data_dir = tmp_path / "data"
+        stack = start_up(data_dir, "--postgres", url)
+        try:
+            token = _admin_token(stack.banner)
+            assert token is not None
+            instances = _instances(stack.control_url, token)
+            gpt = openai.OpenAI(base_url=stack.cloud_url + "/v1", api_key=DEV_KEY, max_retries=0)
+            reply = gpt.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+        finally:
+            stack.process.terminate()
+            stack.process.communicate(timeout=20)
+    assert set(instances) == {"on-prem", "cloud"}
+    assert (reply.choices[0].message.content or "").endswith("You said: hi")
+    assert not (data_dir / "control" / "control-plane.db").exists()

@@ -36,6 +36,7 @@ __all__ = [
     "check_chat_completion",
     "check_chat_stream",
     "openai_gateway_config",
+    "usage_gateway_config",
 ]
 
 VIRTUAL_KEY = "sk-sf-bench-0000000000000000000000000001"
@@ -180,6 +181,9 @@ class Case:
     description: str = ""
     # False when the harness's targets are for information only: --check ignores this case.
     targets_enforced: bool = True
+    # A case of the same workload that this case is also compared with, such as the same
+    # gateway with usage events off; selecting this case runs that one too.
+    baseline: str | None = None
 
 
 _CHAT = RequestSpec(
@@ -234,8 +238,15 @@ def default_policy_config(context: GatewayContext) -> dict[str, object]:
     return config
 
 
-# TODO: cases still to add, each measured against the same floor: the gateway with usage
-# events on, and behind a TLS listener.
+def usage_gateway_config(context: GatewayContext) -> dict[str, object]:
+    """Build the OpenAI pass-through config with usage events on (queued, not shipped)."""
+    config = openai_gateway_config(context)
+    config["usage"] = {"enabled": True}
+    return config
+
+
+# TODO: a case still to add, measured against the same floor: the gateway behind a TLS
+# listener.
 CASES: tuple[Case, ...] = (
     Case("gateway-chat", CHAT, description="OpenAI to OpenAI pass-through, non-streamed"),
     Case("gateway-chat-stream", CHAT_STREAM, description="OpenAI to OpenAI pass-through, SSE"),
@@ -246,6 +257,21 @@ CASES: tuple[Case, ...] = (
         env=bedrock.FAKE_AWS_ENV,
         description="OpenAI SSE from a Bedrock ConverseStream, signed with SigV4",
         targets_enforced=False,
+    ),
+    # Usage events must keep 90% of the rate of the same gateway with events off.
+    Case(
+        "gateway-usage",
+        CHAT,
+        build_config=usage_gateway_config,
+        description="pass-through with usage events on, non-streamed",
+        baseline="gateway-chat",
+    ),
+    Case(
+        "gateway-usage-stream",
+        CHAT_STREAM,
+        build_config=usage_gateway_config,
+        description="pass-through with usage events on, SSE",
+        baseline="gateway-chat-stream",
     ),
     # The target with the default policy is 50% of the floor's rate, below the harness's 60%,
     # so these cases are printed but not enforced by --check.

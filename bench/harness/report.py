@@ -11,7 +11,9 @@ import orjson
 __all__ = [
     "TARGET_P99_OVER_FLOOR_MS",
     "TARGET_SATURATION_RATIO",
+    "TARGET_BASELINE_RATIO",
     "compare_case",
+    "compare_with_baseline",
     "error_count",
     "render_table",
     "rps_per_cpu",
@@ -21,6 +23,9 @@ __all__ = [
 
 # The gateway must keep at least this fraction of the floor's saturation rate.
 TARGET_SATURATION_RATIO = 0.60
+# A case with a baseline (the same gateway with a feature off) must keep at least this
+# fraction of the baseline's saturation rate.
+TARGET_BASELINE_RATIO = 0.90
 # The latency the gateway adds at p99 may exceed the floor's added p99 by at most this much.
 TARGET_P99_OVER_FLOOR_MS = 2.0
 
@@ -136,6 +141,27 @@ def compare_case(upstream: Measured, floor: Measured, gateway: Measured) -> dict
     }
 
 
+def compare_with_baseline(
+    comparison: dict[str, object], baseline_name: str, baseline: Measured, gateway: Measured
+) -> None:
+    """Add the saturation rate against ``baseline`` and its target to ``comparison``."""
+    ratio = _rps(gateway) / _rps(baseline) if _rps(baseline) > 0 else math.nan
+    cpu_ratio = rps_per_cpu(gateway) / rps_per_cpu(baseline)
+    comparison["baseline"] = {
+        "case": baseline_name,
+        "saturation_ratio": round(ratio, 3),
+        "rps_per_cpu_ratio": round(cpu_ratio, 3),
+    }
+    targets = comparison["targets"]
+    assert isinstance(targets, dict)
+    targets["baseline_saturation_ratio"] = {
+        "value": round(ratio, 3),
+        "target": f">= {TARGET_BASELINE_RATIO:.2f}",
+        "pass": ratio >= TARGET_BASELINE_RATIO,
+    }
+    comparison["pass"] = all(bool(target["pass"]) for target in targets.values())
+
+
 _HEADER = (
     f"{'target':<22}{'sat rps':>9}{'spread':>8}{'vs floor':>9}{'rps/CPU':>9}{'p50 ms':>8}"
     f"{'p99 ms':>8}{'add p50':>9}{'add p99':>9}{'errors':>7}{'CPU':>6}"
@@ -178,7 +204,7 @@ def _target_lines(name: str, comparison: Mapping[str, object], enforced: bool) -
     errors = targets["errors"]
     verdict = {True: "PASS", False: "FAIL"}
     scope = "" if enforced else " (informational: --check ignores these targets)"
-    return [
+    lines = [
         f"{name} against the floor{scope}:",
         f"  saturation rate {ratio['value']:.0%} of the floor's "
         f"(target >= {TARGET_SATURATION_RATIO:.0%}): {verdict[ratio['pass']]}",
@@ -190,6 +216,15 @@ def _target_lines(name: str, comparison: Mapping[str, object], enforced: bool) -
         "(for reference, no target)",
         *(f"  NOTE: {warning}" for warning in warnings),
     ]
+    baseline = comparison.get("baseline")
+    if isinstance(baseline, Mapping):
+        target = targets["baseline_saturation_ratio"]
+        lines += [
+            f"  saturation rate {baseline['saturation_ratio']:.0%} of {baseline['case']}'s "
+            f"(target >= {TARGET_BASELINE_RATIO:.0%}): {verdict[target['pass']]}; requests per "
+            f"CPU second {baseline['rps_per_cpu_ratio']:.0%} of its",
+        ]
+    return lines
 
 
 def render_table(result: Mapping[str, object]) -> str:

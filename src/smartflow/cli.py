@@ -22,8 +22,14 @@ from pydantic import ValidationError
 
 from smartflow import __version__
 from smartflow.auth.keys import KEY_PREFIX, generate_key, hash_key
-from smartflow.config.schema import load_config
+from smartflow.config.schema import GatewayConfig, load_config, parse_config
 from smartflow.core.errors import ConfigError
+from smartflow.intercept.commands import (
+    add_certs_commands,
+    add_identity_command,
+    run_certs,
+    run_identity,
+)
 from smartflow.telemetry import logging as log_setup
 
 __all__ = ["main"]
@@ -57,23 +63,58 @@ def build_parser() -> argparse.ArgumentParser:
         "docs/configuration.md.",
     )
     gateway.add_argument(
-        "--config", required=True, metavar="FILE", help="path of the YAML configuration file"
+        "--config",
+        metavar="FILE",
+        help="path of the YAML configuration file (optional with --control-plane)",
     )
     gateway.add_argument("--host", help="address to listen on (overrides server.host)")
     gateway.add_argument("--port", type=int, help="TCP port to listen on (overrides server.port)")
+    _add_link_options(gateway)
     _add_common(gateway)
 
     up = commands.add_parser(
         "up",
-        help="run the local stack on built-in defaults, with simulators for providers "
-        "that have no credentials",
-        description="Run a gateway on built-in defaults. Each provider whose credential "
-        "variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, AZURE_OPENAI_API_KEY with "
-        "AZURE_OPENAI_ENDPOINT) is unset is served by a local simulator on 127.0.0.1.",
+        help="run the hybrid stack: a control plane and two linked instances, with "
+        "simulators for providers that have no credentials",
+        description="Run a control plane, an on-prem instance (OpenAI, Azure OpenAI, "
+        "Anthropic) and a cloud instance (Bedrock, Gemini, Cohere), linked so that each "
+        "instance serves every model. Both instances enroll with the control plane and "
+        "take their configuration from it. Each provider whose credential variables "
+        "(OPENAI_API_KEY; AZURE_OPENAI_API_KEY with AZURE_OPENAI_ENDPOINT; "
+        "ANTHROPIC_API_KEY; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION; "
+        "GEMINI_API_KEY; CO_API_KEY) are unset is served by a local simulator on "
+        "127.0.0.1.",
     )
-    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     up.add_argument(
-        "--port", type=int, default=7775, help="TCP port of the gateway (default: 7775)"
+        "--host", default="127.0.0.1", help="address every service listens on (default: 127.0.0.1)"
+    )
+    up.add_argument(
+        "--port", type=int, default=7775, help="TCP port of the on-prem instance (default: 7775)"
+    )
+    up.add_argument(
+        "--cloud-port",
+        type=int,
+        default=7785,
+        help="TCP port of the cloud instance (default: 7785)",
+    )
+    up.add_argument(
+        "--control-plane-port",
+        type=int,
+        default=7778,
+        help="TCP port of the control plane (default: 7778)",
+    )
+    up.add_argument(
+        "--data-dir",
+        default=os.environ.get("SMARTFLOW_DATA_DIR", ".smartflow"),
+        metavar="DIR",
+        help="directory for all state: the control plane's SQLite store and keys, and each "
+        "instance's enrollment and last snapshot (default: .smartflow, or $SMARTFLOW_DATA_DIR)",
+    )
+    up.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="keep the control plane's store in PostgreSQL at this URL, such as "
+        "postgresql://USER@127.0.0.1:5432/DB, instead of SQLite in the data directory",
     )
     up.add_argument(
         "--dev-key",
@@ -121,24 +162,105 @@ def build_parser() -> argparse.ArgumentParser:
     hash_help = "print the SHA-256 of a key read from standard input, for the configuration"
     hash_parser = key_commands.add_parser("hash", help=hash_help, description=hash_help)
     hash_parser.set_defaults(stdin=True)
+    add_identity_command(key_commands)
 
     _add_policy_commands(commands)
     _add_admin_commands(commands)
+    add_certs_commands(commands)
     return parser
 
 
-async def _run_gateway(args: argparse.Namespace) -> None:
-    from smartflow.gateway.app import build_app, start_gateway  # noqa: PLC0415 - loads aiohttp only when serving
+def _add_link_options(gateway: argparse.ArgumentParser) -> None:
+    link = gateway.add_argument_group(
+        "control plane link",
+        "Run as an instance linked to a control plane, which supplies its policies, "
+        "providers, models and keys (the control_plane section of the configuration).",
+    )
+    link.add_argument(
+        "--control-plane", metavar="URL", help="base URL of the control plane (control_plane.url)"
+    )
+    link.add_argument(
+        "--enroll-token",
+        metavar="TOKEN",
+        help="one-time enrollment token, used on the first start only (default: "
+        "$SMARTFLOW_ENROLL_TOKEN)",
+    )
+    link.add_argument("--name", help="instance name to enroll under (server.instance)")
+    link.add_argument("--site", help="site to enroll into (server.site)")
+    link.add_argument(
+        "--state-dir", metavar="DIR", help="directory for the instance's state (state_dir)"
+    )
+    link.add_argument(
+        "--control-plane-ca",
+        metavar="FILE",
+        help="PEM CA file that the control plane's certificate must chain to",
+    )
+    link.add_argument(
+        "--control-plane-fingerprint",
+        metavar="SHA256",
+        help="pin the control plane's certificate by the SHA-256 of its DER form, in hex",
+    )
 
-    config = load_config(args.config)
+
+def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
+    """Load the configuration file, or built-in defaults, with the link options applied."""
+    if args.config is None and args.control_plane is None:
+        raise ConfigError("give --config FILE, or --control-plane URL for a linked instance")
+    config = load_config(args.config) if args.config else parse_config({}, "defaults")
+    link_options = {
+        "url": args.control_plane,
+        "ca_file": args.control_plane_ca,
+        "fingerprint": args.control_plane_fingerprint,
+    }
+    link_options = {key: value for key, value in link_options.items() if value is not None}
+    server_options = {"instance": args.name, "site": args.site}
+    server_options = {key: value for key, value in server_options.items() if value is not None}
+    if not link_options and not server_options and args.state_dir is None:
+        return config
+    data = config.model_dump(mode="json", exclude_unset=True)
+    if link_options:
+        data["control_plane"] = {**data.get("control_plane", {}), **link_options}
+    if server_options:
+        data["server"] = {**data.get("server", {}), **server_options}
+        if "control_plane" in data:
+            # Command-line names win over names set in the file's section.
+            for key in ("name", "site"):
+                data["control_plane"].pop(key, None)
+    if args.state_dir is not None:
+        data["state_dir"] = args.state_dir
+    return parse_config(data, args.config or "command-line options")
+
+
+async def _run_gateway(args: argparse.Namespace) -> None:
+    from smartflow.gateway.app import build_app, settle_heap, start_gateway  # noqa: PLC0415 - loads aiohttp only when serving
+
+    config = _gateway_config(args)
+    if config.control_plane is not None:
+        await _run_linked_gateway(args, config)
+        return
     app = build_app(config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     running = await start_gateway(app, host, port)
+    settle_heap()
     try:
         await _wait_for_signal()
     finally:
         await running.stop()
+
+
+async def _run_linked_gateway(args: argparse.Namespace, config: GatewayConfig) -> None:
+    from smartflow.gateway.app import settle_heap  # noqa: PLC0415 - loads aiohttp only when serving
+    from smartflow.sync.linked import start_linked_gateway  # noqa: PLC0415 - loads aiohttp only when serving
+
+    linked = await start_linked_gateway(
+        config, host=args.host, port=args.port, enroll_token=args.enroll_token
+    )
+    settle_heap()
+    try:
+        await _wait_for_signal()
+    finally:
+        await linked.stop()
 
 
 async def _wait_for_signal() -> None:
@@ -173,7 +295,8 @@ async def _run_control_plane(args: argparse.Namespace) -> None:
 
 
 async def _run_up(args: argparse.Namespace) -> None:
-    from smartflow.stack import start_local_stack  # noqa: PLC0415 - loads the simulators only for `up`
+    from smartflow.hybrid import HybridPorts, start_hybrid_stack  # noqa: PLC0415 - loads the simulators only for `up`
+    from smartflow.gateway.app import settle_heap  # noqa: PLC0415 - loads aiohttp only when serving
 
     key = args.dev_key or generate_key()
     if not key.startswith(KEY_PREFIX) or len(key) < 20:
@@ -181,9 +304,24 @@ async def _run_up(args: argparse.Namespace) -> None:
             f"the development key (--dev-key or $SMARTFLOW_DEV_KEY) must start with {KEY_PREFIX} "
             "and be at least 20 characters long"
         )
-    stack = await start_local_stack(host=args.host, port=args.port, dev_key=key)
+    ports = HybridPorts(
+        control_plane=args.control_plane_port, on_prem=args.port, cloud=args.cloud_port
+    )
+    if 0 in (ports.on_prem, ports.cloud):
+        raise ConfigError(
+            "--port and --cloud-port must be fixed ports: each instance tells "
+            "the other where to forward requests"
+        )
+    stack = await start_hybrid_stack(
+        host=args.host,
+        ports=ports,
+        data_dir=Path(args.data_dir),
+        dev_key=key,
+        database_url=args.postgres,
+    )
     sys.stdout.write(stack.summary(show_key=args.dev_key is None) + "\n")
     sys.stdout.flush()
+    settle_heap()
     try:
         await _wait_for_signal()
     finally:
@@ -191,6 +329,8 @@ async def _run_up(args: argparse.Namespace) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "identity":
+        return run_identity(args)
     if args.keys_command == "new":
         key = generate_key()
         sys.stdout.write(f"key:    {key}\nsha256: {hash_key(key)}\n")
@@ -209,6 +349,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:7775"
 DEFAULT_TOKEN_ENV = "SMARTFLOW_ADMIN_TOKEN"
+CONTROL_PLANE_URL_ENV = "SMARTFLOW_CONTROL_PLANE_URL"
 ADMIN_TOKEN_PREFIX = "sf-admin-"
 
 EXIT_OK = 0
@@ -232,6 +373,14 @@ def _connection_options() -> argparse.ArgumentParser:
         "--url",
         default=DEFAULT_ADMIN_URL,
         help=f"base URL of the running gateway (default: {DEFAULT_ADMIN_URL})",
+    )
+    connection.add_argument(
+        "--control-plane",
+        default=os.environ.get(CONTROL_PLANE_URL_ENV) or None,
+        metavar="URL",
+        help="base URL of the control plane; apply and list then act on the central "
+        "policies, which reach every linked instance (default: $"
+        f"{CONTROL_PLANE_URL_ENV}). validate checks the files locally",
     )
     connection.add_argument(
         "--token-env",
@@ -418,7 +567,7 @@ def _read_policy_files(files: Sequence[str]) -> bytes:
     return "\n---\n".join(texts).encode("utf-8")
 
 
-def _client(args: argparse.Namespace) -> _AdminClient:
+def _client(args: argparse.Namespace, url: str | None = None) -> _AdminClient:
     token = os.environ.get(args.token_env, "").strip()
     if not token:
         raise _CommandFailed(
@@ -426,7 +575,7 @@ def _client(args: argparse.Namespace) -> _AdminClient:
             "or name another variable with --token-env",
             EXIT_USAGE,
         )
-    return _AdminClient(args.url, token, args.timeout)
+    return _AdminClient(url or args.url, token, args.timeout)
 
 
 def _format_versions(payload: dict[str, Any]) -> str:
@@ -492,9 +641,57 @@ def _run_policy(args: argparse.Namespace) -> str:
     )
 
 
+def _run_central_policy(args: argparse.Namespace) -> str:
+    """Run one `smartflow policy` action against the control plane's central policies."""
+    from smartflow.policy.documents import PolicyValidationError, parse_documents  # noqa: PLC0415 - only here
+    from smartflow.policy.engine import compile_policies  # noqa: PLC0415 - loads detectors only here
+
+    command = args.policy_command
+    if command in ("diff", "rollback"):
+        raise _CommandFailed(
+            f"{command} works on a gateway's own policy versions; the control plane keeps "
+            "versions per policy: see GET /v1/policies/NAME/versions, and apply the document "
+            "to restore with `smartflow policy apply --control-plane URL FILE`",
+            EXIT_USAGE,
+        )
+    if command == "list":
+        items = _client(args, args.control_plane).call("GET", "/v1/policies")["items"]
+        if not items:
+            return "no policies yet; apply one with `smartflow policy apply FILE`\n"
+        lines = [f"{'NAME':<32} {'VERSION':>7}  {'AUTHOR':<20} CREATED"]
+        for item in items:
+            lines.append(
+                f"{item['name']:<32} {item['version']:>7}  {item['author']:<20} "
+                f"{item['created_at']}"
+            )
+        return "\n".join(lines) + "\n"
+    text = _read_policy_files(args.files).decode("utf-8")
+    try:
+        documents = parse_documents(text)
+        compile_policies(documents)
+    except PolicyValidationError as exc:
+        issues = "\n".join(
+            f"  {issue.document or ''} {issue.path or ''}: {issue.message}"
+            for issue in exc.issues
+        )
+        raise _CommandFailed(f"invalid policy:\n{issues}", EXIT_REJECTED) from None
+    names = ", ".join(document.name for document in documents)
+    if command == "validate":
+        return f"valid: {len(documents)} document(s): {names}\n"
+    client = _client(args, args.control_plane)
+    lines = []
+    for document in documents:
+        body = json.dumps(document.to_dict()).encode("utf-8")
+        result = client.call("PUT", f"/v1/policies/{document.name}", body, "application/json")
+        lines.append(f"applied {result['name']} as its version {result['version']}")
+    head = client.call("GET", "/healthz").get("version")
+    lines.append(f"control plane snapshot version: {head}")
+    return "\n".join(lines) + "\n"
+
+
 def _policy(args: argparse.Namespace) -> int:
     try:
-        output = _run_policy(args)
+        output = _run_central_policy(args) if args.control_plane else _run_policy(args)
     except _CommandFailed as exc:
         sys.stderr.write(f"smartflow policy {args.policy_command}: {exc.message}\n")
         return exc.exit_code
@@ -510,6 +707,8 @@ def _policy(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "certs":
+        return run_certs(args)
     if args.command == "keys":
         return _keys(args)
     if args.command == "policy":

@@ -260,3 +260,32 @@ def test_cost_is_the_sum_of_its_parts(
         + reasoning * rates.reasoning
     ) / 10**6
     assert cost_of(price, usage) == expected
+
+
+def test_overlay_entry_reprices_its_aliases() -> None:
+    packaged = PriceCatalog.default()
+    overlay = PriceCatalog.from_dict(
+        {
+            "providers": {
+                "openai": {
+                    "models": {
+                        "gpt-4o": {"input": 1, "output": 2, "as_of": "2026-12-01"},
+                        "gpt-4o-2024-11-20": {"input": 3, "output": 4, "as_of": "2026-12-01"},
+                    }
+                }
+            }
+        }
+    )
+    merged = packaged.merged(overlay)
+    dated = merged.lookup("openai", "gpt-4o-2024-08-06")
+    assert dated is not None
+    assert dated.rates.input == Decimal(1)
+    assert dated.model == "gpt-4o-2024-08-06"
+    # An alias the overlay prices itself keeps its own rates.
+    own = merged.lookup("openai", "gpt-4o-2024-11-20")
+    assert own is not None
+    assert own.rates.input == Decimal(3)
+    # A model with separate rates in the packaged file is not an alias.
+    older = merged.lookup("openai", "gpt-4o-2024-05-13")
+    assert older is not None
+    assert older.rates.input == Decimal(5)

@@ -34,6 +34,8 @@ class Caller:
     user: str | None
     labels: tuple[str, ...] = ()
     strict_params: bool = False
+    identity: str | None = None
+    """Salted hash of an intercepted caller's own provider key; None for virtual keys."""
 
 
 class KeyStore:

@@ -11,17 +11,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from smartflow.config.intercept import InterceptSettings
 from smartflow.core.errors import ConfigError
 
 __all__ = [
+    "ControlPlaneLinkSettings",
     "DeploymentSettings",
     "GatewayConfig",
     "ImageFetchSettings",
     "KeySettings",
+    "PeerCredential",
+    "PeerSettings",
+    "PeeringSettings",
     "ProviderSettings",
     "RetrySettings",
     "ServerSettings",
     "TimeoutSettings",
+    "UsageShippingSettings",
     "load_config",
     "parse_config",
 ]
@@ -296,12 +302,117 @@ def _is_ip_address(text: str) -> bool:
     return True
 
 
+class UsageShippingSettings(_Strict):
+    """The destination of an instance's queued usage events and feedback scores."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+/v1/events$")
+    """The control plane's ingest URL, such as http://127.0.0.1:7778/v1/events."""
+    credential_env: str = "SMARTFLOW_INSTANCE_CREDENTIAL"
+    """Variable with the instance credential that enrollment returned."""
+    batch_events: int = Field(500, ge=1, le=10_000)
+    """Maximum events per request."""
+    idle_wait_s: float = Field(1.0, gt=0)
+    """Seconds to wait for new events before checking the queue again."""
+    backoff_max_s: float = Field(60.0, gt=0)
+    """Maximum wait between tries while the control plane is unreachable."""
+
+
 class UsageSettings(_Strict):
     enabled: bool = False
     """Record a priced usage event per request in a durable queue under ``state_dir``.
 
     Off by default: recording costs about 120 microseconds of CPU per request today
     (measured on one core with bench/run.py's setup), far above its 10% budget."""
+    shipping: UsageShippingSettings | None = None
+    """Ship the queued events to a control plane; without it they stay queued on disk."""
+
+
+class ControlPlaneLinkSettings(_Strict):
+    """The link of a linked instance to its control plane.
+
+    A linked instance takes its policies, providers, models and keys from the control
+    plane's snapshots; the file's own ``providers``, ``models``, ``keys`` and
+    ``policy_files`` are ignored.
+    """
+
+    url: str = Field(pattern=r"^https?://[^/\s]+/?$")
+    """Base URL of the control plane, such as https://127.0.0.1:7778. The instance only
+    dials out to it."""
+    name: str | None = None
+    """Name to enroll under. Default: ``server.instance``."""
+    site: str | None = None
+    """Site to enroll into. Default: ``server.site``."""
+    enroll_token_env: str = "SMARTFLOW_ENROLL_TOKEN"
+    """Variable with the one-time enrollment token, read only while not yet enrolled."""
+    ca_file: str | None = None
+    """PEM file of the CA that signed the control plane's certificate (https only)."""
+    fingerprint: str | None = Field(
+        None, pattern=r"^(sha256:)?([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$"
+    )
+    """SHA-256 of the control plane's DER certificate in hex, with or without colons.
+    Pins that certificate in place of CA checks (https only)."""
+    secret_key_env: str = "SMARTFLOW_INSTANCE_SECRET_KEY"
+    """Variable with the Fernet key(s) that encrypt the instance credential and the saved
+    snapshot. Without it, a key file is generated under ``state_dir`` with mode 0600."""
+    max_staleness_s: float | None = Field(None, gt=0)
+    """Seconds without a live link after which the configuration counts as stale;
+    ``None`` never counts it stale."""
+    on_stale: Literal["serve", "reject"] = "serve"
+    """``reject`` rejects every request with 503 while the configuration is stale."""
+    retry_initial_s: float = Field(0.5, gt=0)
+    """First wait before reconnecting; it doubles per failure, with full jitter."""
+    retry_max_s: float = Field(30.0, gt=0)
+    """Maximum wait between reconnection attempts, in seconds."""
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ControlPlaneLinkSettings:
+        if self.ca_file and self.fingerprint:
+            raise ValueError("set either 'ca_file' or 'fingerprint', not both")
+        if (self.ca_file or self.fingerprint) and not self.url.startswith("https://"):
+            raise ValueError("'ca_file' and 'fingerprint' need an https:// url")
+        return self
+
+
+class PeerSettings(_Strict):
+    """The instance that serves the deployments of another site."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+/?$")
+    """Base URL of that instance, such as http://127.0.0.1:7785."""
+    token_env: str | None = None
+    """Environment variable with the peer credential this instance presents there."""
+    token_file: str | None = None
+    """File with the peer credential, in place of ``token_env``."""
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> PeerSettings:
+        if bool(self.token_env) == bool(self.token_file):
+            raise ValueError("set exactly one of 'token_env' and 'token_file'")
+        return self
+
+
+class PeerCredential(_Strict):
+    """A peer credential that another instance presents, stored as its SHA-256."""
+
+    name: str
+    """Name of that instance, written in the log of each request it forwards."""
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        return KeySettings._hex_digest(value)
+
+
+class PeeringSettings(_Strict):
+    """Linked routing: requests for deployments of another site go to that site's instance."""
+
+    sites: dict[str, PeerSettings] = {}
+    """Site name to the instance that serves it. A deployment at a listed site is
+    forwarded to that instance in the caller's dialect, so its provider needs no
+    credentials here."""
+    accept: list[PeerCredential] = []
+    """Instances allowed to forward requests here. Only their requests may carry the
+    caller's identity in headers, and such a request is never forwarded again."""
 
 
 class GatewayConfig(_Strict):
@@ -320,9 +431,18 @@ class GatewayConfig(_Strict):
     retry: RetrySettings = RetrySettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     image_fetch: ImageFetchSettings = ImageFetchSettings()
+    intercept: InterceptSettings = InterceptSettings()
+    control_plane: ControlPlaneLinkSettings | None = None
+    """Link to a control plane; see ``ControlPlaneLinkSettings``."""
+    peering: PeeringSettings = PeeringSettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
+        if self.server.site in self.peering.sites:
+            raise ValueError(
+                f"peering.sites.{self.server.site}: this instance's own site (server.site) "
+                "cannot be served by a peer"
+            )
         for model, deployments in self.models.items():
             if not deployments:
                 raise ValueError(f"models.{model}: list at least one deployment")

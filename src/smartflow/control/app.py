@@ -14,6 +14,7 @@ from smartflow.control.api.openapi import build_openapi
 from smartflow.control.api.routes import OPERATIONS
 from smartflow.control.api.routing import PLANE_KEY, add_operations, json_response
 from smartflow.control.api.sync import STREAMS_KEY, StreamRegistry
+from smartflow.control.dashboard import add_dashboard
 from smartflow.control.services.plane import ControlPlane
 from smartflow.control.settings import ControlPlaneSettings
 from smartflow.core.errors import ConfigError
@@ -45,6 +46,7 @@ def create_control_plane_app(settings: ControlPlaneSettings) -> web.Application:
 
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     add_operations(app, OPERATIONS)
+    add_dashboard(app, settings.dashboard_session_ttl_s)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         plane = await ControlPlane.open(settings, streams.is_connected)

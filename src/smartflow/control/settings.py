@@ -49,6 +49,9 @@ class ControlPlaneSettings(BaseModel):
     snapshot_retention: int = Field(200, ge=2)
     """Snapshot versions kept in the store; older ones are deleted as new ones are made."""
     enrollment_token_max_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    dashboard_session_ttl_s: int = Field(8 * 3600, ge=60)
+    """Seconds a dashboard sign-in stays valid. After that, the dashboard shows the sign-in
+    page again."""
 
     @model_validator(mode="after")
     def _check_tls(self) -> ControlPlaneSettings:

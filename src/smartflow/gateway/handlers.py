@@ -245,7 +245,7 @@ class Gateway:
             body = await self._read_json(request)
             canonical = ingress.parse_request(body)
             if usage:
-                usage.set_request(canonical, estimated_input_tokens=_estimate_tokens(canonical))
+                usage.set_request(canonical, estimate=_estimate_tokens)
             model = canonical.model[:100]
             deployments = self.router.deployments(canonical.model)
             run = self._evaluate_policy(caller, canonical, request, request_id)

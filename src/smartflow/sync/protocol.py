@@ -33,7 +33,9 @@ from pydantic import (
 )
 
 from smartflow.config.schema import DeploymentSettings, KeySettings, ProviderSettings
+from smartflow.core.errors import ConfigError
 from smartflow.policy.documents import ComplianceRule, PolicyDocument, PolicySpec
+from smartflow.usage.prices import PriceCatalog
 
 __all__ = [
     "COMPLIANCE_DOCUMENT",
@@ -44,6 +46,7 @@ __all__ = [
     "ErrorMessage",
     "NamedComplianceRule",
     "NormalizationProfile",
+    "PriceOverlay",
     "ProtocolError",
     "ProviderCredentials",
     "Snapshot",
@@ -236,6 +239,25 @@ class SnapshotProvider(_Strict):
         return self
 
 
+class PriceOverlay(_Strict):
+    """The central price catalogue: entries laid over the packaged ``prices.yaml``.
+
+    ``providers`` has the layout of ``prices.yaml``; each entry replaces or adds the
+    packaged entry of the same provider type and model.
+    """
+
+    version: int = Field(ge=1)
+    providers: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _check_catalog(self) -> PriceOverlay:
+        try:
+            PriceCatalog.from_dict({"providers": self.providers}, origin="prices")
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+
 class SnapshotContent(_Strict):
     """Everything an instance applies, in the shapes of the gateway configuration."""
 
@@ -249,6 +271,8 @@ class SnapshotContent(_Strict):
     normalization_profiles: list[NormalizationProfile] = []
     """Applied in list order (sorted by name) after the packaged profiles."""
     cache: CacheSettings = CacheSettings()
+    prices: PriceOverlay | None = None
+    """Price overlay of the control plane; instances price usage with it when set."""
 
 
 class Snapshot(_Strict):

@@ -21,17 +21,26 @@ without bound.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
-from collections.abc import Iterable
-from decimal import Decimal
+import time
+from collections.abc import Iterable, Sequence
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
-from smartflow.usage.events import UsageEvent
+from smartflow.usage.events import PolicySummary, UsageEvent
 from smartflow.usage.queue import UsageQueue
 from smartflow.usage.shipper import UsageShipper
 
@@ -102,6 +111,100 @@ class _LabelCap:
         return OTHER
 
 
+def _go_float(value: float) -> str:
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+class _CounterFamily:
+    """A counter with labels, kept as plain floats per label tuple.
+
+    prometheus_client's ``labels()`` lookup and per-child lock cost more than the rest
+    of recording an event, so the values live in a dict that ``collect`` turns into a
+    metric family at scrape time. Not thread-safe: record and scrape on one event loop.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+        if not self.labelnames:
+            self.values[()] = 0.0
+            self.created[()] = time.time()
+
+    def inc(self, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
+        values = self.values
+        if labels in values:
+            values[labels] += amount
+        else:
+            values[labels] = amount
+            self.created[labels] = time.time()
+
+    def collect(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in list(self.values.items()):
+            family.add_metric(labels, value, created=self.created.get(labels))
+        return family
+
+
+class _HistogramFamily:
+    """A histogram with labels, kept as bucket counts per label tuple; see ``_CounterFamily``."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(float(bound) for bound in buckets)
+        # The ``le`` values exactly as prometheus_client writes them (1.6777216e+07).
+        self._bucket_names = [_go_float(bound) for bound in self.bounds] + ["+Inf"]
+        # Per label tuple: the count of each bucket (the last is +Inf), then the sum.
+        self.values: dict[tuple[str, ...], list[float]] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+
+    def observe(self, labels: tuple[str, ...], amount: float) -> None:
+        state = self.values.get(labels)
+        if state is None:
+            state = self.values[labels] = [0] * (len(self.bounds) + 1) + [0.0]
+            self.created[labels] = time.time()
+        # Bucket i counts values v with bounds[i-1] < v <= bounds[i], as Prometheus's le.
+        state[bisect.bisect_left(self.bounds, amount)] += 1
+        state[-1] += amount
+
+    def collect(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, state in list(self.values.items()):
+            counts = state[:-1]
+            cumulative = list(itertools.accumulate(counts))
+            buckets = list(zip(self._bucket_names, cumulative, strict=True))
+            family.add_metric(labels, buckets, sum_value=state[-1])
+            created = self.created.get(labels)
+            if created is not None:
+                family.samples.append(
+                    Sample(
+                        self.name + "_created",
+                        dict(zip(self.labelnames, labels, strict=True)),
+                        created,
+                    )
+                )
+        return family
+
+
+_FAMILY_TYPES = (_CounterFamily, _HistogramFamily)
+
+
+class _FamiliesCollector(Collector):
+    def __init__(self, families: list[_CounterFamily | _HistogramFamily]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._families:
+            yield family.collect()
+
+
 class GatewayMetrics:
     """The metrics of one instance in their own registry, and the ``/metrics`` handler."""
 
@@ -113,102 +216,88 @@ class GatewayMetrics:
         self._pipeline: _PipelineCollector | None = None
         self._define_genai()
         self._define_gateway()
+        self.registry.register(
+            _FamiliesCollector([v for v in vars(self).values() if isinstance(v, _FAMILY_TYPES)])
+        )
 
     def _define_genai(self) -> None:
-        registry = self.registry
-        self.token_usage = Histogram(
+        self.token_usage = _HistogramFamily(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used per request ({token}).",
             [*_GENAI, "gen_ai_response_model", "gen_ai_token_type"],
-            buckets=TOKEN_BUCKETS,
-            registry=registry,
+            TOKEN_BUCKETS,
         )
-        self.operation_duration = Histogram(
+        self.operation_duration = _HistogramFamily(
             "gen_ai_client_operation_duration_seconds",
             "Duration of a request through the gateway, retries and fallbacks included.",
             [*_GENAI, "gen_ai_response_model", "error_type"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            DURATION_BUCKETS,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = _HistogramFamily(
             "gen_ai_server_time_to_first_token_seconds",
             "Time from receipt of a streaming request to its first bytes for the caller.",
             [*_GENAI, "gen_ai_response_model"],
-            buckets=TTFT_BUCKETS,
-            registry=registry,
+            TTFT_BUCKETS,
         )
 
     def _define_gateway(self) -> None:
-        registry = self.registry
-        self.token_details = Counter(
+        self.token_details = _CounterFamily(
             "smartflow_token_details",
             "Detail token counts, each already included in the input or output totals.",
             ["gen_ai_provider_name", "gen_ai_response_model", "type"],
-            registry=registry,
         )
-        self.cost = Counter(
+        self.cost = _CounterFamily(
             "smartflow_usage_cost_usd",
             "Cost of requests in US dollars at catalogue list prices.",
             ["gen_ai_provider_name", "gen_ai_request_model", "team"],
-            registry=registry,
         )
-        self.unpriced = Counter(
+        self.unpriced = _CounterFamily(
             "smartflow_usage_unpriced_requests",
             "Requests that used tokens of a model without a catalogue price.",
             ["gen_ai_provider_name", "gen_ai_response_model"],
-            registry=registry,
         )
-        self.events = Counter(
+        self.events = _CounterFamily(
             "smartflow_usage_events",
             "Usage events recorded, by where their token counts come from.",
             ["usage_source"],
-            registry=registry,
         )
-        self.requests = Counter(
+        self.requests = _CounterFamily(
             "smartflow_requests",
             "Requests by ingress dialect, requested model and HTTP status.",
             ["dialect", "gen_ai_request_model", "status", "error_type"],
-            registry=registry,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = _CounterFamily(
             "smartflow_fallbacks",
             "Moves from one deployment to the next within a request.",
             ["gen_ai_request_model"],
-            registry=registry,
         )
-        self.attempts = Counter(
+        self.attempts = _CounterFamily(
             "smartflow_upstream_attempts",
             "Tries at upstream deployments, by outcome (ok or the error code).",
             ["deployment", "outcome"],
-            registry=registry,
         )
-        self.normalization_changes = Counter(
+        self.normalization_changes = _CounterFamily(
             "smartflow_normalization_changes",
             "Request parameters changed to fit the target model, by parameter and rule.",
             ["param", "rule"],
-            registry=registry,
         )
-        self.policy_entities = Counter(
+        self.policy_entities = _CounterFamily(
             "smartflow_policy_entities",
             "Policy findings by direction (request or response) and entity type.",
             ["direction", "entity_type"],
-            registry=registry,
         )
-        self.policy_actions = Counter(
+        self.policy_actions = _CounterFamily(
             "smartflow_policy_actions",
             "Policy actions taken, by entity type and action.",
             ["entity_type", "action"],
-            registry=registry,
         )
-        self.policy_blocks = Counter(
+        self.policy_blocks = _CounterFamily(
             "smartflow_policy_blocked_requests",
             "Requests or responses blocked by a policy.",
-            registry=registry,
         )
-        self.client_disconnects = Counter(
+        self.client_disconnects = _CounterFamily(
             "smartflow_client_disconnects",
             "Requests whose caller disconnected before the response was complete.",
-            registry=registry,
         )
 
     # --- recording ----------------------------------------------------------------------
@@ -218,65 +307,68 @@ class GatewayMetrics:
         provider = PROVIDER_NAMES.get(event.provider_kind or "", event.provider_kind or "")
         requested = self._cap("gen_ai_request_model", event.model_requested)
         served = self._cap("gen_ai_response_model", event.model_served)
-        genai = (event.operation, provider, requested)
         error = event.error_type or ""
-        self._record_tokens(event, genai, served)
-        self.operation_duration.labels(*genai, served, error).observe(event.latency_ms / 1000)
+        operation = event.operation
+        self._record_tokens(event, operation, provider, requested, served)
+        self.operation_duration.observe(
+            (operation, provider, requested, served, error), event.latency_ms / 1000
+        )
         if event.ttft_ms is not None:
-            self.time_to_first_token.labels(*genai, served).observe(event.ttft_ms / 1000)
-        self.requests.labels(event.dialect, requested, str(event.status), error).inc()
-        self.events.labels(event.usage_source).inc()
+            self.time_to_first_token.observe(
+                (operation, provider, requested, served), event.ttft_ms / 1000
+            )
+        self.requests.inc((event.dialect, requested, str(event.status), error))
+        self.events.inc((event.usage_source,))
         self._record_cost(event, provider, requested, served)
         self._record_routing(event, requested)
-        self._record_policy(event)
+        if event.policy is not None:
+            self._record_policy(event.policy)
         if event.client_disconnected:
             self.client_disconnects.inc()
 
-    def _record_tokens(self, event: UsageEvent, genai: tuple[str, str, str], served: str) -> None:
+    def _record_tokens(
+        self, event: UsageEvent, operation: str, provider: str, requested: str, served: str
+    ) -> None:
         if event.usage_source not in _REPORTED_SOURCES:
             return
         tokens = event.tokens
-        self.token_usage.labels(*genai, served, "input").observe(tokens.input)
-        self.token_usage.labels(*genai, served, "output").observe(tokens.output)
-        provider = genai[1]
-        for kind, count in (
-            ("cached_input", tokens.cached_input),
-            ("cache_write", tokens.cache_write),
-            ("reasoning", tokens.reasoning),
-        ):
-            if count:
-                self.token_details.labels(provider, served, kind).inc(count)
+        self.token_usage.observe((operation, provider, requested, served, "input"), tokens.input)
+        self.token_usage.observe((operation, provider, requested, served, "output"), tokens.output)
+        if tokens.cached_input:
+            self.token_details.inc((provider, served, "cached_input"), tokens.cached_input)
+        if tokens.cache_write:
+            self.token_details.inc((provider, served, "cache_write"), tokens.cache_write)
+        if tokens.reasoning:
+            self.token_details.inc((provider, served, "reasoning"), tokens.reasoning)
 
     def _record_cost(self, event: UsageEvent, provider: str, requested: str, served: str) -> None:
         if event.cost_usd is not None:
             team = self._cap("team", event.team)
-            self.cost.labels(provider, requested, team).inc(float(Decimal(event.cost_usd)))
+            self.cost.inc((provider, requested, team), float(event.cost_usd))
         elif event.price_missing:
-            self.unpriced.labels(provider, served).inc()
+            self.unpriced.inc((provider, served))
 
     def _record_routing(self, event: UsageEvent, requested: str) -> None:
-        if event.fallbacks:
-            self.fallbacks.labels(requested).inc(event.fallbacks)
-        for attempt in event.attempts:
+        attempts = event.attempts
+        if len(attempts) > 1 and event.fallbacks:
+            self.fallbacks.inc((requested,), event.fallbacks)
+        for attempt in attempts:
             deployment = self._cap("deployment", attempt.deployment)
-            self.attempts.labels(deployment, attempt.error or "ok").inc()
+            self.attempts.inc((deployment, attempt.error or "ok"))
         for change in event.normalization:
             param = self._cap("param", str(change.get("param")))
-            self.normalization_changes.labels(param, str(change.get("rule"))).inc()
+            self.normalization_changes.inc((param, str(change.get("rule"))))
 
-    def _record_policy(self, event: UsageEvent) -> None:
-        policy = event.policy
-        if policy is None:
-            return
+    def _record_policy(self, policy: PolicySummary) -> None:
         for direction, counts in (
             ("request", policy.request_entities),
             ("response", policy.response_entities),
         ):
             for entity, count in counts.items():
                 entity_type = self._cap("entity_type", entity)
-                self.policy_entities.labels(direction, entity_type).inc(count)
+                self.policy_entities.inc((direction, entity_type), count)
         for entity, action in policy.actions.items():
-            self.policy_actions.labels(self._cap("entity_type", entity), action).inc()
+            self.policy_actions.inc((self._cap("entity_type", entity), action))
         if policy.blocked_by:
             self.policy_blocks.inc()
 

@@ -83,6 +83,7 @@ def policy_summary(decision: Decision) -> PolicySummary:
         labels=sorted(decision.labels),
         blocked_by=decision.blocked_by,
         errors=decision.errors,
+        residency=decision.residency,
     )
 
 
@@ -116,8 +117,10 @@ class UsageBuilder:
         self._usage_final = False
         self._streamed_chars = 0
         self._estimated_input: int | None = None
+        self._estimate: tuple[Callable[[ChatRequest], int], ChatRequest] | None = None
         self._upstream_started = False
         self._finished: UsageEvent | None = None
+        self._on_finish: list[Callable[[], None]] = []
 
     @property
     def event_id(self) -> str:
@@ -132,23 +135,36 @@ class UsageBuilder:
         """Whether any usage report was recorded, final or not."""
         return self._usage is not None
 
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the start of ``finish``, so a reader that holds data, such
+        as a pass-through stream tap, records it only once the request is over."""
+        self._on_finish.append(callback)
+
     # --- what is known before the upstream call -----------------------------------------
 
     def set_caller(self, caller: Caller) -> None:
         self._event.key_name = caller.key_name
         self._event.team = caller.team
         self._event.user = caller.user
+        self._event.identity = caller.identity
 
     def set_request(
-        self, request: ChatRequest, *, estimated_input_tokens: int | None = None
+        self,
+        request: ChatRequest,
+        *,
+        estimated_input_tokens: int | None = None,
+        estimate: Callable[[ChatRequest], int] | None = None,
     ) -> None:
         """Record the requested model and stream flag.
 
-        ``estimated_input_tokens`` is used only when the provider never reports usage.
+        The input tokens are estimated only when the provider never reports usage: they
+        are ``estimated_input_tokens``, else ``estimate(request)``, called at ``finish``.
         """
         self._event.model_requested = request.model[:_MAX_NAME_CHARS]
         self._event.stream = request.stream
         self._estimated_input = estimated_input_tokens
+        if estimate is not None:
+            self._estimate = (estimate, request)
 
     def set_model_requested(self, model: str, *, stream: bool = False) -> None:
         """Record the requested model for endpoints without a ``ChatRequest``."""
@@ -241,6 +257,13 @@ class UsageBuilder:
         event = self._event
         event.status = CLIENT_CLOSED_STATUS if event.client_disconnected else status
         event.latency_ms = self._elapsed_ms()
+        for callback in self._on_finish:
+            try:
+                callback()
+            except Exception:
+                logger.exception(
+                    "usage: reading the response of request %s failed", event.request_id
+                )
         usage, source = self._resolve_usage()
         event.usage_source = source
         event.tokens = TokenCounts(
@@ -276,8 +299,12 @@ class UsageBuilder:
             partial.output_tokens = max(partial.output_tokens, streamed)
             return partial, "partial"
         if streamed or (self._upstream_started and self._event.error_type is None):
-            estimate = Usage(input_tokens=self._estimated_input or 0, output_tokens=streamed)
-            return estimate, "estimated"
+            estimated_input = self._estimated_input
+            if estimated_input is None and self._estimate is not None:
+                estimate, request = self._estimate
+                estimated_input = estimate(request)
+            estimate_usage = Usage(input_tokens=estimated_input or 0, output_tokens=streamed)
+            return estimate_usage, "estimated"
         return Usage(), "none"
 
     def _price(self, event: UsageEvent, usage: Usage, prices: PriceCatalog) -> None:
@@ -291,3 +318,4 @@ class UsageBuilder:
             return
         event.cost_usd = format_usd(cost.usd)
         event.price_as_of = cost.price.as_of
+        event.price_version = prices.version

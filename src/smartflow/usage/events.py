@@ -13,10 +13,10 @@ upstream call was made.
 from __future__ import annotations
 
 import datetime
-import secrets
+import math
+import random
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -63,7 +63,9 @@ def new_event_id() -> str:
 
     The 12-bit ``rand_a`` field is a counter seeded at random each millisecond, so ids
     made in the same millisecond still increase. When the counter overflows, the
-    timestamp is advanced by one millisecond.
+    timestamp is advanced by one millisecond. The random bits come from ``random``,
+    which ``os.urandom`` seeds and which is reseeded in a forked child: the ids must be
+    unique, not unguessable, and ``secrets`` would read the system's source every time.
     """
     global _last_ms, _sequence
     now_ms = time.time_ns() // 1_000_000
@@ -71,27 +73,45 @@ def new_event_id() -> str:
         if now_ms > _last_ms:
             _last_ms = now_ms
             # Start in the lower half so a burst in one millisecond rarely overflows.
-            _sequence = secrets.randbits(11)
+            _sequence = random.getrandbits(11)
         else:
             _sequence += 1
             if _sequence > 0xFFF:
                 _last_ms += 1
-                _sequence = secrets.randbits(11)
+                _sequence = random.getrandbits(11)
         timestamp, sequence = _last_ms, _sequence
     value = (
         (timestamp & 0xFFFF_FFFF_FFFF) << 80
         | 0x7 << 76
         | sequence << 64
         | 0b10 << 62
-        | secrets.randbits(62)
+        | random.getrandbits(62)
     )
-    return str(uuid.UUID(int=value))
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_second_text: tuple[int, str] = (-1, "")
 
 
 def utc_timestamp(epoch_seconds: float) -> str:
     """Format a Unix time as RFC 3339 UTC with milliseconds, e.g. ``2026-01-02T03:04:05.678Z``."""
-    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _second_text
+    if epoch_seconds < 0:
+        moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Rounded to microseconds first, as datetime.fromtimestamp does.
+    fraction, whole = math.modf(epoch_seconds)
+    second, microsecond = int(whole), round(fraction * 1_000_000)
+    if microsecond >= 1_000_000:
+        second, microsecond = second + 1, microsecond - 1_000_000
+    millisecond = microsecond // 1000
+    cached_second, prefix = _second_text
+    if second != cached_second:
+        moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_text = (second, prefix)
+    return f"{prefix}{millisecond:03d}Z"
 
 
 # --- parts of an event ------------------------------------------------------------------
@@ -138,6 +158,8 @@ class PolicySummary:
     labels: list[str] = field(default_factory=list)
     blocked_by: str | None = None
     errors: int = 0
+    residency: str | None = None
+    """Compliance rules that narrowed the deployments, as ``label:policy`` names."""
 
 
 # --- the event --------------------------------------------------------------------------
@@ -162,6 +184,8 @@ class UsageEvent:
     key_name: str | None = None
     team: str | None = None
     user: str | None = None
+    identity: str | None = None
+    """Salted hash of the provider key of a caller served by the interception listener."""
     provider: str | None = None
     """The configured provider name of the deployment that served the request."""
     provider_kind: str | None = None
@@ -178,6 +202,8 @@ class UsageEvent:
     """True when tokens were used but the catalogue has no price for the model."""
     price_as_of: str | None = None
     """Date of the catalogue entry that priced the event."""
+    price_version: str | None = None
+    """Version of the catalogue that priced the event (``PriceCatalog.version``)."""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     """Milliseconds from receipt of the request to the first streamed bytes; streams only."""

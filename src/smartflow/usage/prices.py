@@ -17,6 +17,7 @@ cost at all, never a guess from a similar name.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -140,7 +141,10 @@ def cost_of(price: ModelPrice, usage: Usage) -> Decimal:
 class PriceCatalog:
     """Prices keyed by provider type and model name, aliases included."""
 
-    def __init__(self, prices: Iterable[ModelPrice] = ()) -> None:
+    def __init__(self, prices: Iterable[ModelPrice] = (), *, version: str | None = None) -> None:
+        self.version = version
+        """Recorded in each event this catalogue prices: ``builtin`` for the packaged
+        file, ``central-N`` with the control plane's overlay version N."""
         self._prices: dict[tuple[str, str], ModelPrice] = {}
         for price in prices:
             self._prices[(price.provider, price.model)] = price
@@ -157,7 +161,23 @@ class PriceCatalog:
     def default(cls) -> PriceCatalog:
         """Load the catalogue shipped with the package (``usage/prices.yaml``)."""
         text = (resources.files("smartflow.usage") / "prices.yaml").read_text(encoding="utf-8")
-        return cls.from_dict(yaml.safe_load(text), origin="the built-in prices.yaml")
+        catalog = cls.from_dict(yaml.safe_load(text), origin="the built-in prices.yaml")
+        catalog.version = "builtin"
+        return catalog
+
+    @classmethod
+    def with_overlay(cls, providers: Mapping[str, Any], version: int) -> PriceCatalog:
+        """Lay the control plane's overlay (``prices.yaml`` layout) over the packaged file.
+
+        Raises:
+            ConfigError: the overlay is not a valid catalogue.
+        """
+        overlay = cls.from_dict(
+            {"providers": dict(providers)}, origin=f"the central price catalogue {version}"
+        )
+        catalog = cls.default().merged(overlay)
+        catalog.version = f"central-{version}"
+        return catalog
 
     @classmethod
     def from_file(cls, path: str | Path) -> PriceCatalog:
@@ -199,9 +219,25 @@ class PriceCatalog:
         return cls(prices)
 
     def merged(self, other: PriceCatalog) -> PriceCatalog:
-        """Return a catalogue with the entries of ``other`` replacing or adding to these."""
-        combined = PriceCatalog(self)
+        """Return a catalogue with the entries of ``other`` replacing or adding to these.
+
+        An entry that replaces a model also replaces the aliases listed with it here, such
+        as its dated versions, unless ``other`` prices an alias itself.
+        """
+        combined = PriceCatalog(self, version=other.version or self.version)
         combined._prices.update(other._prices)
+        # The names of one entry share its Rates object, the model first (see _parse_entry).
+        groups: dict[int, list[tuple[str, str]]] = {}
+        for key, price in self._prices.items():
+            groups.setdefault(id(price.rates), []).append(key)
+        for names in groups.values():
+            model, aliases = names[0], names[1:]
+            new = other._prices.get(model)
+            if new is None:
+                continue
+            for alias in aliases:
+                if alias not in other._prices:
+                    combined._prices[alias] = dataclasses.replace(new, model=alias[1])
         return combined
 
     # --- lookup and cost ----------------------------------------------------------------

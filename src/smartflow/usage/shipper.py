@@ -27,12 +27,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
+from smartflow.config.schema import UsageShippingSettings
+from smartflow.core.errors import ConfigError
 from smartflow.providers.base import Secret
 from smartflow.usage.events import SCHEMA_VERSION, new_event_id, utc_timestamp
 from smartflow.usage.queue import QueuedEvent, UsageQueue
@@ -44,6 +46,7 @@ __all__ = [
     "ShipperSettings",
     "ShipperStats",
     "UsageShipper",
+    "shipper_from_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -306,3 +309,36 @@ def _seconds(header: str | None) -> float | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+def shipper_from_config(
+    queue: UsageQueue,
+    settings: UsageShippingSettings,
+    *,
+    instance: str,
+    site: str,
+    environ: Mapping[str, str],
+) -> UsageShipper:
+    """Build a shipper from the ``usage.shipping`` configuration.
+
+    Raises:
+        ConfigError: the credential variable is not set.
+    """
+    credential = environ.get(settings.credential_env, "").strip()
+    if not credential:
+        raise ConfigError(
+            f"usage.shipping: the environment variable {settings.credential_env} is not set; "
+            "set it to the instance credential that enrollment returned"
+        )
+    return UsageShipper(
+        queue,
+        ShipperSettings(
+            url=settings.url,
+            credential=Secret(credential),
+            instance=instance,
+            site=site,
+            batch_events=settings.batch_events,
+            idle_wait_s=settings.idle_wait_s,
+            backoff_max_s=settings.backoff_max_s,
+        ),
+    )

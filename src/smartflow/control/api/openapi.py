@@ -54,12 +54,13 @@ def _parameters(operation: Operation, schemas: Schemas) -> list[dict[str, Any]]:
     if operation.query is not None:
         properties = operation.query.model_json_schema(ref_template=_REF)["properties"]
         for name, field in operation.query.model_fields.items():
+            key = field.alias or name
             parameters.append(
                 {
-                    "name": name,
+                    "name": key,
                     "in": "query",
                     "required": field.is_required(),
-                    "schema": properties[name],
+                    "schema": properties[key],
                 }
             )
     return parameters
@@ -73,6 +74,8 @@ def _responses(operation: Operation, schemas: Schemas) -> dict[str, Any]:
         responses[str(operation.status)] = {"description": "Done."}
     else:
         body = _json(schemas[(operation.response, "serialization")])
+        if operation.csv:
+            body["text/csv"] = {"schema": {"type": "string"}}
         responses[str(operation.status)] = {"description": "Success.", "content": body}
         for status, text in operation.also.items():
             responses[str(status)] = {"description": text, "content": body}

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from smartflow.control.api.analytics import ANALYTICS_OPERATIONS
 from smartflow.control.api.routing import Call, Operation, Reply
 from smartflow.control.api.sync import CLOSE_REVOKED, STREAMS_KEY, sync_stream
 from smartflow.control.models import (
@@ -504,6 +505,7 @@ def _operations() -> list[Operation]:
             errors=(404,),
         ),
     ]
+    operations.extend(ANALYTICS_OPERATIONS)
     for kind in KINDS:
         operations.extend(_kind_operations(kind))
     return operations

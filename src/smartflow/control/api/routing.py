@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from smartflow.control.api.session import session_token
 from smartflow.control.services.context import Actor, Role, role_allows
 from smartflow.control.services.errors import Issue, ObjectInvalid
 from smartflow.control.services.plane import ControlPlane
@@ -82,6 +83,8 @@ class Operation:
     """Error statuses besides those implied by authentication and the body."""
     description: str = ""
     websocket: bool = False
+    csv: bool = False
+    """The handler may also answer ``text/csv`` (when the query asks for it)."""
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -99,6 +102,10 @@ async def _authenticate(request: web.Request, operation: Operation) -> Actor | N
     if operation.auth != "admin":
         return None
     token = _bearer(request)
+    if token is None and request.method == "GET":
+        # The dashboard's session cookie authenticates reads only, so a forged
+        # cross-site request could change nothing even if a browser sent the cookie.
+        token = session_token(request)
     if token is None:
         raise AuthenticationError("missing admin token: send 'Authorization: Bearer <token>'")
     actor = await request.app[PLANE_KEY].access.authenticate_admin(token)

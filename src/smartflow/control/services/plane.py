@@ -8,12 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smartflow.control.services.access import AccessService
+from smartflow.control.services.analytics import AnalyticsService
 from smartflow.control.services.context import SYSTEM
 from smartflow.control.services.history import HistoryService
+from smartflow.control.services.ingest import IngestService
 from smartflow.control.services.instances import InstanceService
 from smartflow.control.services.notifier import VersionNotifier
 from smartflow.control.services.objects import ObjectService
 from smartflow.control.services.policies import PolicyService
+from smartflow.control.services.prices import PriceService
 from smartflow.control.services.snapshots import head_version
 from smartflow.control.services.transactions import Store
 from smartflow.control.settings import ControlPlaneSettings
@@ -39,6 +42,9 @@ class ControlPlane:
     access: AccessService
     instances: InstanceService
     history: HistoryService
+    ingest: IngestService
+    analytics: AnalyticsService
+    prices: PriceService
 
     @classmethod
     async def open(
@@ -69,6 +75,9 @@ class ControlPlane:
             access=AccessService(store, settings.enrollment_token_max_ttl_s),
             instances=InstanceService(store, box, signing_key, is_connected),
             history=HistoryService(store),
+            ingest=IngestService(database),
+            analytics=AnalyticsService(store),
+            prices=PriceService(store),
         )
         try:
             await plane._initialise()

@@ -21,6 +21,7 @@ from smartflow.control.store.tables import (
     NormalizationProfileRow,
     PinnedTuningRow,
     PolicyRow,
+    PriceCatalogRow,
     ProviderRow,
     SnapshotVersionRow,
     SyncHeadRow,
@@ -107,6 +108,7 @@ async def build_content(session: AsyncSession) -> tuple[dict[str, Any], dict[str
                 entry["base_model"] = deployment.spec["base_model"]
             models[alias.name].append(entry)
     cache = await session.get(CacheSettingsRow, 1)
+    prices = await session.get(PriceCatalogRow, 1)
     data = {
         "policies": [row.document for row in await current_policies(session)],
         "compliance_rules": [
@@ -126,6 +128,7 @@ async def build_content(session: AsyncSession) -> tuple[dict[str, Any], dict[str
             for row in await _rows(session, NormalizationProfileRow)
         ],
         "cache": cache.spec if cache is not None else CacheSettings().model_dump(),
+        "prices": {"version": prices.version, **prices.spec} if prices is not None else None,
     }
     try:
         content = SnapshotContent.model_validate(data)

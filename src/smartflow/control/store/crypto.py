@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from collections.abc import Mapping
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from smartflow.core.errors import ConfigError
 
@@ -33,6 +36,15 @@ class SecretBox:
         if not keys:
             raise ValueError("SecretBox needs at least one key")
         self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._newest_key = keys[0]
+
+    def derive_fernet_key(self, purpose: str) -> bytes:
+        """Derive a Fernet key for ``purpose`` from the newest key with HKDF-SHA256.
+
+        Values encrypted with a derived key cannot be decrypted after a key rotation.
+        """
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+        return base64.urlsafe_b64encode(hkdf.derive(base64.urlsafe_b64decode(self._newest_key)))
 
     def encrypt(self, values: Mapping[str, str]) -> str:
         return self._fernet.encrypt(orjson.dumps(dict(values))).decode("ascii")

@@ -11,9 +11,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -33,12 +35,15 @@ __all__ = [
     "ComplianceRuleRow",
     "DeploymentRow",
     "EnrollmentTokenRow",
+    "EventRow",
+    "FeedbackRow",
     "InstanceRow",
     "ModelAliasRow",
     "NamedSpecRow",
     "NormalizationProfileRow",
     "PinnedTuningRow",
     "PolicyRow",
+    "PriceCatalogRow",
     "ProviderRow",
     "SnapshotVersionRow",
     "SyncHeadRow",
@@ -256,3 +261,89 @@ class AuditRow(Base):
     object_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class EventRow(Base):
+    """One usage event of one gateway request, as shipped by an instance.
+
+    Times are Unix milliseconds, so time buckets are integer divisions on both databases.
+    ``cost_pusd`` is the cost in picodollars (10^-12 USD), exact for every catalogue rate
+    with up to six decimals per million tokens, and summed as an integer.
+    """
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        Index(None, "started_ms"),
+        Index(None, "instance", "started_ms"),
+        Index(None, "site", "started_ms"),
+        Index(None, "team", "started_ms"),
+        Index(None, "model_requested", "started_ms"),
+        Index(None, "request_id"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    started_ms: Mapped[int] = mapped_column(BigInteger)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+    instance: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    site: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    operation: Mapped[str] = mapped_column(String(32))
+    dialect: Mapped[str] = mapped_column(String(32))
+    key_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    team: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    user_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    provider_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(2 * NAME_LENGTH), nullable=True)
+    model_requested: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    model_served: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    usage_source: Mapped[str] = mapped_column(String(16))
+    cost_pusd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    price_missing: Mapped[bool] = mapped_column(Boolean)
+    price_as_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    price_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stream: Mapped[bool] = mapped_column(Boolean)
+    cache: Mapped[str] = mapped_column(String(16))
+    fallbacks: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    client_disconnected: Mapped[bool] = mapped_column(Boolean)
+    blocked_by: Mapped[str | None] = mapped_column(String(2 * NAME_LENGTH), nullable=True)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The event's policy summary: names and counts, never a matched value."""
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The attempts and normalisation changes, kept for drill-down."""
+
+
+class FeedbackRow(Base):
+    """A score for one request, sent by the application with the request's virtual key."""
+
+    __tablename__ = "usage_feedback"
+
+    feedback_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(NAME_LENGTH), index=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    instance: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    key_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    """The virtual key that sent the score; it counts only for requests of the same key."""
+    score: Mapped[float] = mapped_column(Float)
+
+
+class PriceCatalogRow(Base):
+    """The one row (id 1) of the central price overlay, laid over the packaged catalogue."""
+
+    __tablename__ = "price_catalog"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
