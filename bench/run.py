@@ -152,14 +152,16 @@ def _measure_workload(
             for record in (upstream, floor, *gateways.values()):
                 measure_round(run.procs, run.settings, record, round_index)
     upstream_result, floor_result = combine_rounds(upstream), combine_rounds(floor)
+    # combine_rounds consumes a record's samples, so each gateway is combined once.
+    combined = {name: combine_rounds(record) for name, record in gateways.items()}
     case_results: list[dict[str, object]] = []
     for case in cases:
         entry = _case_entry(case, workload)
-        if case.name in gateways:
-            gateway = combine_rounds(gateways[case.name])
+        if case.name in combined:
+            gateway = combined[case.name]
             comparison = compare_case(upstream_result, floor_result, gateway)
-            if case.baseline is not None and case.baseline in gateways:
-                baseline = combine_rounds(gateways[case.baseline])
+            if case.baseline is not None and case.baseline in combined:
+                baseline = combined[case.baseline]
                 compare_with_baseline(comparison, case.baseline, baseline, gateway)
             entry.update(gateway=gateway, comparison=comparison)
         else:

@@ -91,7 +91,10 @@ Applied after the per-parameter rules:
 - Pinned tunings replace the request's values before any rule runs and are reported as
   `pin`; pinning either reasoning field replaces the request's reasoning setting.
 - Strict mode raises `InvalidRequest` naming the parameter and the target's limit
-  instead of any change other than `pin`.
+  instead of any change other than `pin`. It is on for every caller with
+  `normalization.strict: true` in the configuration, for one virtual key with its
+  `strict_params: true`, and for one request with the header
+  `x-smartflow-strict-params: true`.
 """
     return _section("Cross-parameter rules", text)
 

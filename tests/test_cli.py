@@ -24,6 +24,7 @@ from smartflow.auth.keys import hash_key
 from tests.control.conftest import new_database
 
 DEV_KEY = "sk-sf-cli-test-key-0123"
+EMBEDDING_MODEL = "text-embedding-3-small"
 SMARTFLOW = [sys.executable, "-m", "smartflow.cli"]
 
 
@@ -174,13 +175,23 @@ def test_up_serves_both_sdks(up: UpStack) -> None:
     assert content.startswith("Hello from claude-sonnet-4-5")
     assert content.endswith("You said: hi")
     models = {m.id for m in gpt.models.list()}
-    assert {"gpt-4o", "azure-gpt-4o", "claude-sonnet-4-5", "bedrock-llama-3-1-70b", "gemini-2.5-flash", "command-a"} <= models
+    assert {
+        "gpt-4o",
+        "azure-gpt-4o",
+        "claude-sonnet-4-5",
+        "bedrock-llama-3-1-70b",
+        "gemini-2.5-flash",
+        "command-a",
+    } <= models
 
-    for model in sorted(models):
+    for model in sorted(models - {EMBEDDING_MODEL}):
         answer = gpt.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}]
         )
         assert answer.choices[0].finish_reason in ("stop", "length"), model
+    vectors = gpt.embeddings.create(model=EMBEDDING_MODEL, input=["one", "two"])
+    assert len(vectors.data) == 2
+    assert len(vectors.data[0].embedding) > 0
 
     claude = anthropic.Anthropic(base_url=url, api_key=DEV_KEY, max_retries=0)
     message = claude.messages.create(
@@ -287,10 +298,14 @@ def test_up_enrolls_both_instances_and_prints_token_once(tmp_path: Path) -> None
         second.process.communicate(timeout=20)
     assert _admin_token(second.banner) is None
     assert "Admin token: printed when this data directory was first used" in second.banner
+    assert "--new-admin-token" in second.banner
     assert set(instances) == {"on-prem", "cloud"}
     for name, state in instances.items():
         assert state["site"] == name
         assert state["applied_version"] == state["head_version"], state
+        # Version 1 is the empty configuration. Each start seeds in one version (the
+        # second start moves the simulator addresses), not one version per object.
+        assert state["head_version"] == 3, state
     assert (data_dir / "control" / "control-plane.db").exists()
     assert (data_dir / "on-prem").is_dir()
     assert (data_dir / "cloud").is_dir()
@@ -317,6 +332,49 @@ def test_up_enrolls_both_instances_and_prints_token_once(tmp_path: Path) -> None
     )
     assert moved.returncode == 2
     assert "enrolled with the control plane at" in moved.stderr
+
+    control_port = int(first.control_url.rsplit(":", 1)[1])
+    third = start_up(data_dir, "--new-admin-token", control_port=control_port)
+    try:
+        recovered = _admin_token(third.banner)
+        assert recovered is not None
+        assert recovered != token
+        assert set(_instances(third.control_url, recovered)) == {"on-prem", "cloud"}
+    finally:
+        third.process.terminate()
+        third.process.communicate(timeout=20)
+
+
+def test_up_with_busy_port_names_option_and_writes_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                *SMARTFLOW,
+                "up",
+                "--port",
+                str(_free_port()),
+                "--cloud-port",
+                str(taken),
+                "--control-plane-port",
+                str(_free_port()),
+                "--data-dir",
+                str(data_dir),
+                "--dev-key",
+                DEV_KEY,
+            ],
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"port {taken}" in result.stderr
+    assert "--cloud-port" in result.stderr
+    assert not data_dir.exists()
 
 
 def test_gateway_command_with_config(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 
 __all__ = [
+    "TARGET_BASELINE_RATIO",
     "TARGET_P99_OVER_FLOOR_MS",
     "TARGET_SATURATION_RATIO",
-    "TARGET_BASELINE_RATIO",
     "compare_case",
     "compare_with_baseline",
     "error_count",

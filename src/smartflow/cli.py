@@ -12,6 +12,7 @@ import secrets
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "postgresql://USER@127.0.0.1:5432/DB, instead of SQLite in the data directory",
     )
     up.add_argument(
+        "--new-admin-token",
+        action="store_true",
+        help="register one more admin token in the control plane's store and print it once, "
+        "for when the token printed at the first start is lost",
+    )
+    up.add_argument(
         "--dev-key",
         default=os.environ.get("SMARTFLOW_DEV_KEY"),
         metavar="KEY",
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_parser = key_commands.add_parser("hash", help=hash_help, description=hash_help)
     hash_parser.set_defaults(stdin=True)
     add_identity_command(key_commands)
+    _add_central_key_commands(key_commands)
 
     _add_policy_commands(commands)
     _add_admin_commands(commands)
@@ -295,8 +303,8 @@ async def _run_control_plane(args: argparse.Namespace) -> None:
 
 
 async def _run_up(args: argparse.Namespace) -> None:
-    from smartflow.hybrid import HybridPorts, start_hybrid_stack  # noqa: PLC0415 - loads the simulators only for `up`
     from smartflow.gateway.app import settle_heap  # noqa: PLC0415 - loads aiohttp only when serving
+    from smartflow.hybrid import HybridPorts, start_hybrid_stack  # noqa: PLC0415 - loads the simulators only for `up`
 
     key = args.dev_key or generate_key()
     if not key.startswith(KEY_PREFIX) or len(key) < 20:
@@ -318,6 +326,7 @@ async def _run_up(args: argparse.Namespace) -> None:
         data_dir=Path(args.data_dir),
         dev_key=key,
         database_url=args.postgres,
+        new_admin_token=args.new_admin_token,
     )
     sys.stdout.write(stack.summary(show_key=args.dev_key is None) + "\n")
     sys.stdout.flush()
@@ -328,7 +337,94 @@ async def _run_up(args: argparse.Namespace) -> None:
         await stack.stop()
 
 
+def _add_central_key_commands(
+    key_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Add ``create``, ``list`` and ``delete``, which act on the control plane's keys."""
+    central = argparse.ArgumentParser(add_help=False)
+    central.add_argument(
+        "--control-plane",
+        default=os.environ.get(CONTROL_PLANE_URL_ENV) or None,
+        metavar="URL",
+        help=f"base URL of the control plane (default: ${CONTROL_PLANE_URL_ENV}); required",
+    )
+    central.add_argument(
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        metavar="NAME",
+        help=f"environment variable that contains the admin token (default: {DEFAULT_TOKEN_ENV})",
+    )
+    central.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="maximum time to wait for the control plane, in seconds (default: 30)",
+    )
+    text = (
+        "create a virtual key at the control plane, which sends it to every linked instance, "
+        "and print the key once"
+    )
+    create = key_commands.add_parser("create", parents=[central], help=text, description=text)
+    create.add_argument("name", help="name of the key, unique at the control plane")
+    create.add_argument(
+        "--team", default="default", help="an existing team at the control plane (default: default)"
+    )
+    create.add_argument("--user", help="user the key belongs to")
+    create.add_argument(
+        "--label", action="append", default=[], help="a label for compliance rules (repeatable)"
+    )
+    create.add_argument(
+        "--strict-params",
+        action="store_true",
+        help="reject requests whose parameters would be changed for the target model",
+    )
+    text = "list the virtual keys at the control plane (names, teams and users, never keys)"
+    key_commands.add_parser("list", parents=[central], help=text, description=text)
+    text = "delete a virtual key at the control plane; linked instances stop accepting it"
+    delete = key_commands.add_parser("delete", parents=[central], help=text, description=text)
+    delete.add_argument("name", help="name of the key")
+
+
+def _central_keys(args: argparse.Namespace) -> str:
+    if not args.control_plane:
+        raise _CommandFailed(
+            f"--control-plane (or ${CONTROL_PLANE_URL_ENV}) is required: virtual keys are "
+            "managed at the control plane",
+            EXIT_USAGE,
+        )
+    client = _client(args, args.control_plane)
+    name = getattr(args, "name", "")
+    if args.keys_command == "list":
+        items = client.call("GET", "/v1/keys")["items"]
+        rows = [f"{'name':<24} {'team':<16} user"]
+        rows += [f"{k['name']:<24} {k['team']:<16} {k.get('user') or '-'}" for k in items]
+        return "\n".join(rows)
+    path = "/v1/keys/" + urllib.parse.quote(name, safe="")
+    if args.keys_command == "delete":
+        client.call("DELETE", path)
+        return f"deleted virtual key {name}"
+    key = generate_key()
+    body = {
+        "team": args.team,
+        "user": args.user,
+        "labels": args.label,
+        "strict_params": args.strict_params,
+        "sha256": hash_key(key),
+    }
+    client.call("PUT", path, json.dumps(body).encode(), "application/json")
+    return f"created virtual key {name} (team {args.team}); it is shown only now:\n{key}"
+
+
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command in ("create", "list", "delete"):
+        try:
+            output = _central_keys(args)
+        except _CommandFailed as exc:
+            sys.stderr.write(f"smartflow keys {args.keys_command}: {exc.message}\n")
+            return exc.exit_code
+        sys.stdout.write(output + "\n")
+        return EXIT_OK
     if args.keys_command == "identity":
         return run_identity(args)
     if args.keys_command == "new":
@@ -485,8 +581,10 @@ def _admin(args: argparse.Namespace) -> int:
 class _AdminClient:
     """A small HTTP client for the admin API; it ignores proxy variables."""
 
-    def __init__(self, url: str, token: str, timeout: float) -> None:
+    def __init__(self, url: str, token: str, timeout: float, *, service: str = "--url") -> None:
         self.url = url.rstrip("/")
+        self._service = service
+        """What the URL names, for the message when it cannot be reached."""
         self._token = token
         self._timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -517,12 +615,15 @@ class _AdminClient:
         except (urllib.error.URLError, OSError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise _CommandFailed(
-                f"cannot connect to {self.url}: {reason}. Check that the gateway is running "
-                "and --url points at it",
+                f"cannot connect to {self.url}: {reason}. Check that the "
+                f"{'control plane' if self._service == '--control-plane' else 'gateway'} is "
+                f"running and {self._service} points at it",
                 EXIT_USAGE,
             ) from None
 
     def _decode(self, status: int, raw: bytes) -> Any:
+        if status == 204 and not raw:
+            return {}
         try:
             return json.loads(raw)
         except ValueError:
@@ -575,7 +676,8 @@ def _client(args: argparse.Namespace, url: str | None = None) -> _AdminClient:
             "or name another variable with --token-env",
             EXIT_USAGE,
         )
-    return _AdminClient(url or args.url, token, args.timeout)
+    service = "--control-plane" if url else "--url"
+    return _AdminClient(url or args.url, token, args.timeout, service=service)
 
 
 def _format_versions(payload: dict[str, Any]) -> str:
@@ -671,8 +773,7 @@ def _run_central_policy(args: argparse.Namespace) -> str:
         compile_policies(documents)
     except PolicyValidationError as exc:
         issues = "\n".join(
-            f"  {issue.document or ''} {issue.path or ''}: {issue.message}"
-            for issue in exc.issues
+            f"  {issue.document or ''} {issue.path or ''}: {issue.message}" for issue in exc.issues
         )
         raise _CommandFailed(f"invalid policy:\n{issues}", EXIT_REJECTED) from None
     names = ", ".join(document.name for document in documents)

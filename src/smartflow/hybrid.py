@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import secrets
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from smartflow.auth.keys import hash_key
 from smartflow.config.schema import GatewayConfig, ProviderSettings, parse_config
 from smartflow.control import ControlPlaneSettings, RunningControlPlane, start_control_plane
 from smartflow.control.models import (
+    AdminTokenIn,
     DeploymentIn,
     EnrollmentTokenIn,
     ModelAliasIn,
@@ -40,6 +43,7 @@ from smartflow.control.models import (
 from smartflow.control.services.context import SYSTEM
 from smartflow.control.services.kinds import KINDS
 from smartflow.control.services.plane import ControlPlane
+from smartflow.control.services.snapshots import current_policies
 from smartflow.core.errors import AuthenticationError, ConfigError
 from smartflow.policy.loading import BUILTIN_DEFAULT, load_policy_files
 from smartflow.providers.base import Provider
@@ -153,8 +157,8 @@ class HybridStack:
             lines.append(f"Admin token (role admin, printed only this once): {self.admin_token}")
         else:
             lines.append(
-                "Admin token: printed when this data directory was first used; create more "
-                "with POST /v1/admin-tokens"
+                "Admin token: printed when this data directory was first used; if it is "
+                "lost, start once with --new-admin-token"
             )
 
         first = next(iter(self.instances.values()))
@@ -183,6 +187,7 @@ async def start_hybrid_stack(
     dev_key: str,
     database_url: str | None = None,
     environ: Mapping[str, str] | None = None,
+    new_admin_token: bool = False,
 ) -> HybridStack:
     """Start the control plane, seed it, and start the two linked instances.
 
@@ -194,12 +199,17 @@ async def start_hybrid_stack(
         dev_key: The development virtual key that both instances accept.
         database_url: The control plane's store; default SQLite under ``data_dir``.
         environ: Variables with provider credentials; default ``os.environ``.
+        new_admin_token: Register another admin token and report it in the summary, for
+            an operator who lost the one printed at the first start.
 
     Raises:
         ConfigError: a setting, the store or an enrollment is unusable.
         OSError: a port is in use.
     """
     env = os.environ if environ is None else environ
+    # A port taken half-way through the first start would leave an enrolled data
+    # directory whose admin token was never printed, so check them all first.
+    _check_ports_free(host, ports)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     stack = _Starting(env)
     try:
@@ -217,6 +227,9 @@ async def start_hybrid_stack(
         )
         stack.control = control
         registered = await _token_registered(control.plane, admin_token)
+        if new_admin_token and not registered:
+            admin_token = await _register_admin_token(control.plane)
+            registered = True
         await _seed(control.plane, stack.settings, dev_key)
         instances = [
             InstanceInfo("on-prem", "on-prem", ports.on_prem),
@@ -328,26 +341,27 @@ async def _seed(
     plane: ControlPlane, settings: Mapping[str, ProviderSettings], dev_key: str
 ) -> None:
     """Write the built-in providers, deployments, model aliases and development key, and
-    the default policy when the store has no policy yet."""
+    the default policy when the store has no policy yet, in one transaction: a start makes
+    at most one snapshot version, and none when nothing changed."""
     kinds = {kind.object_type: kind for kind in KINDS}
-    for name, provider_settings in settings.items():
-        body = ProviderIn(site=PROVIDER_SITES[name], settings=provider_settings)
-        await plane.objects.put(kinds["provider"], name, body, SYSTEM)
-    for model, deployments in DEFAULT_MODELS.items():
-        names = []
-        for provider, upstream in deployments:
-            name = _deployment_name(provider, upstream)
-            body_in = DeploymentIn(provider=provider, model=upstream)
-            await plane.objects.put(kinds["deployment"], name, body_in, SYSTEM)
-            names.append(name)
-        await plane.objects.put(
-            kinds["model_alias"], model, ModelAliasIn(deployments=names), SYSTEM
-        )
-    key = VirtualKeyIn(sha256=hash_key(dev_key))
-    await plane.objects.put(kinds["virtual_key"], _DEVELOPMENT_KEY, key, SYSTEM)
-    if not await plane.policies.current():
-        for document in load_policy_files([BUILTIN_DEFAULT]):
-            await plane.policies.put(document.metadata.name, document.to_dict(), SYSTEM)
+    async with plane.store.write(SYSTEM) as tx:
+        for name, provider_settings in settings.items():
+            body = ProviderIn(site=PROVIDER_SITES[name], settings=provider_settings)
+            await plane.objects.put_in(tx, kinds["provider"], name, body)
+        for model, deployments in DEFAULT_MODELS.items():
+            names = []
+            for provider, upstream in deployments:
+                name = _deployment_name(provider, upstream)
+                body_in = DeploymentIn(provider=provider, model=upstream)
+                await plane.objects.put_in(tx, kinds["deployment"], name, body_in)
+                names.append(name)
+            alias = ModelAliasIn(deployments=names)
+            await plane.objects.put_in(tx, kinds["model_alias"], model, alias)
+        key = VirtualKeyIn(sha256=hash_key(dev_key))
+        await plane.objects.put_in(tx, kinds["virtual_key"], _DEVELOPMENT_KEY, key)
+        if not await current_policies(tx.session):
+            for document in load_policy_files([BUILTIN_DEFAULT]):
+                await plane.policies.put_in(tx, document.metadata.name, document.to_dict())
 
 
 async def _wait_for_head(
@@ -367,6 +381,35 @@ async def _wait_for_head(
                 _SYNC_WAIT_S,
                 instance.agent.applied_version,
             )
+
+
+def _check_ports_free(host: str, ports: HybridPorts) -> None:
+    """Raise ConfigError naming the option of the first port that cannot be bound."""
+    options = (
+        ("--control-plane-port", ports.control_plane),
+        ("--port", ports.on_prem),
+        ("--cloud-port", ports.cloud),
+    )
+    for option, port in options:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"port {port} on {host} is not available ({exc.strerror}); choose "
+                    f'another with {option}, for example make up ARGS="{option} {port + 1000}"'
+                ) from None
+
+
+async def _register_admin_token(plane: ControlPlane) -> str:
+    """Register a new admin-role token named after the time, and return it."""
+    name = "recovered-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    created = await plane.access.create_admin_token(AdminTokenIn(name=name, role="admin"), SYSTEM)
+    logger.info("registered admin token %r at the operator's request", name)
+    return created.token
 
 
 async def _token_registered(plane: ControlPlane, token: str) -> bool:
@@ -415,6 +458,8 @@ def _instance_config(
         {
             "state_dir": str(data_dir / info.site),
             "server": {"instance": info.name, "site": info.site},
+            # Events feed the control plane's dashboard; they ship over the link.
+            "usage": {"enabled": True},
             "control_plane": {"url": control_url, "name": info.name, "site": info.site},
             "peering": {
                 "sites": {

@@ -52,6 +52,7 @@ DEFAULT_MODELS: dict[str, list[tuple[str, str]]] = {
     "gemini-2.5-pro": [("gemini", "gemini-2.5-pro")],
     "command-a": [("cohere", "command-a-03-2025")],
     "command-a-vision": [("cohere", "command-a-vision-07-2025")],
+    "text-embedding-3-small": [("openai", "text-embedding-3-small")],
 }
 
 # The key the gateway sends to the stack's simulators, which accept any non-empty key.

@@ -18,10 +18,11 @@ from harness.cases import (
     check_chat_completion,
     check_chat_stream,
     openai_gateway_config,
+    usage_gateway_config,
 )
 from harness.machine import cpu_busy_percent, plan_cpus
 from harness.procs import ProcessGroup, wait_for_port
-from harness.report import compare_case, render_table
+from harness.report import compare_case, compare_with_baseline, render_table
 from mock_upstream import COMPLETION_BODY, STREAM_EVENTS
 
 from tests.bench.conftest import BENCH_DIR
@@ -220,3 +221,57 @@ def test_run_with_floor_as_gateway(tmp_path: Path) -> None:
     assert case["gateway"]["saturation"]["rps"] > 0
     assert case["comparison"]["targets"]["errors"]["pass"] is True
     assert saved["gateway_command"].endswith("--upstream {upstream_url}")
+
+
+@pytest.mark.parametrize(("usage_rps", "passed"), [(9000, True), (8900, False)])
+def test_usage_case_against_its_baseline(usage_rps: float, passed: bool) -> None:
+    upstream, floor = _measured(50000, 0.2, 0.4), _measured(12000, 0.5, 1.0)
+    events_off, events_on = _measured(10000, 0.8, 1.5), _measured(usage_rps, 0.8, 1.5)
+    comparison = compare_case(upstream, floor, events_on)
+    compare_with_baseline(comparison, "gateway-chat", events_off, events_on)
+    targets = comparison["targets"]
+    assert isinstance(targets, dict)
+    assert targets["baseline_saturation_ratio"]["pass"] is passed
+    assert comparison["pass"] is passed
+    assert comparison["baseline"] == {
+        "case": "gateway-chat",
+        "saturation_ratio": usage_rps / 10000,
+        "rps_per_cpu_ratio": usage_rps / 10000,
+    }
+    result = {
+        "workloads": {"chat": {"title": "non-streamed", "upstream": upstream, "floor": floor}},
+        "cases": [
+            {
+                "name": "gateway-usage",
+                "workload": "chat",
+                "gateway": events_on,
+                "comparison": comparison,
+            }
+        ],
+    }
+    assert f"saturation rate {usage_rps / 10000:.0%} of gateway-chat's" in render_table(result)
+
+
+def test_usage_cases_name_baselines_of_their_workload() -> None:
+    by_name = {case.name: case for case in CASES}
+    with_baseline = [case for case in CASES if case.baseline is not None]
+    assert {case.name for case in with_baseline} >= {"gateway-usage", "gateway-usage-stream"}
+    for case in with_baseline:
+        assert case.baseline in by_name
+        assert by_name[case.baseline].workload == case.workload
+
+
+def test_usage_case_config_turns_events_on(tmp_path: Path) -> None:
+    schema = pytest.importorskip("smartflow.config.schema")
+    context = GatewayContext(port=7999, upstream_url="http://127.0.0.1:9001", workdir=tmp_path)
+    config = schema.parse_config(usage_gateway_config(context))
+    assert config.usage.enabled is True
+    assert config.state_dir == str(tmp_path / "state")
+
+
+def test_selecting_usage_case_runs_its_baseline() -> None:
+    run = pytest.importorskip("run")
+    names = [case.name for case in run._select_cases(["gateway-usage-stream"])]
+    assert names == ["gateway-chat-stream", "gateway-usage-stream"]
+    names = [case.name for case in run._select_cases(["gateway-chat", "gateway-usage"])]
+    assert names == ["gateway-chat", "gateway-usage"]

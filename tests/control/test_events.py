@@ -147,6 +147,9 @@ async def test_event_of_other_instance_forbidden(api: Api, onprem: str) -> None:
             "events[1].policy.request_entities.EMAIL",
         ),
         ({"status": 1234}, "events[1].status"),
+        ({"entry_instance": 7}, "events[1].entry_instance"),
+        ({"latency_ms": 1e308}, "events[1].latency_ms"),
+        ({"ttft_ms": 8 * 24 * 3600 * 1000}, "events[1].ttft_ms"),
     ],
 )
 async def test_invalid_event_rejected_with_field(
@@ -159,6 +162,20 @@ async def test_invalid_event_rejected_with_field(
     assert [issue["path"] for issue in reply["error"]["issues"]] == [path]
     report = await api.ok("GET", "/v1/analytics/usage", params=WINDOW)
     assert report["totals"]["requests"] == 0, "a rejected batch must store nothing"
+
+
+async def test_forwarded_event_keeps_entry(api: Api, onprem: str) -> None:
+    forwarded = usage_event(entry_instance="cloud-1", entry_site="cloud")
+    local = usage_event()
+    status, body = await post_events(api, onprem, batch("onprem-1", [forwarded, local]))
+    assert status == 200, body
+    page = await api.ok("GET", "/v1/analytics/events", params=WINDOW)
+    items = {item["event_id"]: item for item in page["items"]}
+    assert items[forwarded.event_id]["entry_instance"] == "cloud-1"
+    assert items[forwarded.event_id]["entry_site"] == "cloud"
+    assert items[forwarded.event_id]["site"] == "onprem"
+    assert items[local.event_id]["entry_instance"] is None
+    assert items[local.event_id]["entry_site"] is None
 
 
 async def test_malformed_batches_rejected(api: Api, onprem: str) -> None:

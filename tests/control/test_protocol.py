@@ -35,6 +35,7 @@ from smartflow.sync.signing import (
     PRIVATE_KEY_FILE,
     SignatureError,
     load_or_create_signing_key,
+    sign_canonical_snapshot,
     sign_snapshot,
     verify_snapshot,
 )
@@ -75,6 +76,16 @@ def test_signature_survives_reserialisation(tmp_path: Path) -> None:
     snapshot = verify_snapshot(received, {key.key_id: key.verify_key})
     assert snapshot.version == 3
     assert snapshot.content.teams[0].description == "Équipe ünïcode"
+
+
+def test_canonical_signing_matches_sign_snapshot(tmp_path: Path) -> None:
+    key = load_or_create_signing_key(tmp_path)
+    text = sign_canonical_snapshot(canonical_json(SNAPSHOT), key)
+    received = parse_server_message(text)
+    assert received == sign_snapshot(SNAPSHOT, key)
+    snapshot = verify_snapshot(received, {key.key_id: key.verify_key})
+    assert snapshot.instance == "edge"
+    assert snapshot.content.teams[0].monthly_budget_usd == 0.1
 
 
 def test_signature_covers_every_field(tmp_path: Path) -> None:

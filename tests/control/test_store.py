@@ -26,6 +26,7 @@ from smartflow.control.models import (
 )
 from smartflow.control.services.context import Actor
 from smartflow.control.services.errors import Conflict, ObjectInvalid
+from smartflow.control.services.instances import MAX_ERROR_CHARS
 from smartflow.control.services.kinds import by_object_type
 from smartflow.control.services.plane import ControlPlane
 from smartflow.control.services.snapshots import head_version
@@ -36,12 +37,14 @@ from smartflow.control.store.tables import (
     Base,
     DeploymentRow,
     EnrollmentTokenRow,
+    InstanceRow,
     ProviderRow,
     SnapshotVersionRow,
     utc_now,
 )
 from smartflow.core.errors import AuthenticationError
 from smartflow.policy.documents import PolicyDocument
+from smartflow.sync.protocol import SyncReply
 from tests.control.conftest import make_settings
 
 ADMIN = Actor(name="tester", kind="admin_token", role="admin")
@@ -270,6 +273,37 @@ async def test_enrollment_token_used_once_under_race(plane: ControlPlane) -> Non
     failures = [result for result in results if isinstance(result, BaseException)]
     assert len(enrolled) == 1
     assert all(isinstance(failure, AuthenticationError) for failure in failures)
+
+
+async def test_sync_status_batched_in_order(plane: ControlPlane) -> None:
+    names = ["acked", "rejected", "gone"]
+    for name in names:
+        created = await plane.access.create_enrollment_token(EnrollmentTokenIn(site="a"), ADMIN)
+        await plane.access.enroll(EnrollIn(token=created.token, name=name, site="a"))
+    async with plane.store.read() as session:
+        rows = {row.name: row for row in (await session.scalars(select(InstanceRow))).all()}
+    version = await head(plane)
+    for name in names:
+        plane.instances.record_sent(rows[name].id, version)
+    # Queued after "sent" and written in the same batch: the later values must win.
+    plane.instances.record_reply(rows["acked"], SyncReply(version=version))
+    long_error = "x" * (MAX_ERROR_CHARS + 10)
+    plane.instances.record_reply(rows["rejected"], SyncReply(version=version, error=long_error))
+    plane.instances.record_disconnected(rows["gone"].id)
+    plane.instances.record_seen(max(row.id for row in rows.values()) + 1000)
+    await plane.instances.flush_status()
+
+    acked = await plane.instances.get("acked")
+    assert acked.sync_state == "in_sync"
+    assert acked.applied_version == version
+    assert acked.last_error is None
+    assert acked.last_seen is not None
+    rejected = await plane.instances.get("rejected")
+    assert rejected.sync_state == "rejected"
+    assert rejected.applied_version is None
+    assert rejected.last_error == "x" * MAX_ERROR_CHARS
+    gone = await plane.instances.get("gone")
+    assert gone.sync_state == "disconnected"
 
 
 async def test_expired_enrollment_token_rejected(plane: ControlPlane) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import event
 
 from smartflow.config.schema import parse_config
 from smartflow.control import start_control_plane
@@ -354,6 +356,72 @@ async def test_new_stream_replaces_old(api: Api) -> None:
             assert state["sync_state"] != "disconnected"
 
 
+@pytest.mark.parametrize("api_backend", ["sqlite", "postgresql"])
+async def test_fan_out_reads_version_once(api: Api) -> None:
+    await configure_two_sites(api)
+    names = [f"edge-{index}" for index in range(12)]
+    enrolled = [
+        await api.enroll(name, "site-a" if index % 2 else "site-b")
+        for index, name in enumerate(names)
+    ]
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = api.plane.database.engine.sync_engine
+    async with contextlib.AsyncExitStack() as streams:
+        instances = [await streams.enter_async_context(connect(api, each)) for each in enrolled]
+        for instance in instances:
+            _, first = await instance.snapshot()
+            await instance.ack(first.version)
+        await wait_for(lambda: _all_in_state(api, names, "in_sync"))
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            await api.ok("PUT", "/v1/teams/fan-out", json={})
+            for name, instance in zip(names, instances, strict=True):
+                _, snapshot = await instance.snapshot()
+                assert snapshot.version == first.version + 1
+                assert snapshot.instance == name
+                own, other = (SITE_A_SECRET, SITE_B_SECRET)[
+                    :: 1 if snapshot.site == "site-a" else -1
+                ]
+                assert own in instance.raw[-1]
+                assert other not in instance.raw[-1]
+            for instance in instances:
+                await instance.ack(first.version + 1)
+            await wait_for(lambda: _all_applied(api, names, first.version + 1))
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    version_reads = [
+        s for s in statements if s.startswith("SELECT") and "FROM snapshot_versions" in s
+    ]
+    status_writes = [s for s in statements if s.startswith("UPDATE instances")]
+    # One read of the new version for all 12 streams, and status written in batches,
+    # not one read and two writes per stream.
+    assert len(version_reads) == 1, version_reads
+    assert 1 <= len(status_writes) < len(names), status_writes
+
+
+async def _all_in_state(api: Api, names: list[str], state: str) -> bool:
+    listed = await api.ok("GET", "/v1/instances")
+    states = {row["name"]: row["sync_state"] for row in _rows(listed)}
+    return all(states.get(name) == state for name in names)
+
+
+async def _all_applied(api: Api, names: list[str], version: int) -> bool:
+    listed = await api.ok("GET", "/v1/instances")
+    rows = {row["name"]: row for row in _rows(listed)}
+    return all(
+        rows[name]["applied_version"] == version and rows[name]["sync_state"] == "in_sync"
+        for name in names
+    )
+
+
+def _rows(listed: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(listed["items"])
+
+
 async def test_plain_get_without_upgrade_is_400(api: Api) -> None:
     enrolled = await api.enroll("edge-a", "site-a")
     status, body = await api.call("GET", "/v1/sync", token=enrolled["credential"])
@@ -384,6 +452,13 @@ async def test_polling_finds_versions_from_other_processes(api: Api) -> None:
     enrolled = await api.enroll("edge-a", "site-a")
     async with connect(api, enrolled) as instance:
         _, first = await instance.snapshot()
+
+        async def sent_recorded() -> bool:
+            return (await instance_state(api, "edge-a"))["sync_state"] == "syncing"
+
+        # The second Store below does not share this process's write lock, and two
+        # writers on one SQLite file are not supported: let the queued status write land.
+        await wait_for(sent_recorded)
         # A change made through a second Store on the same database is not announced to
         # this process's notifier, so the stream must find it by polling.
         other = Store(api.plane.database, VersionNotifier(), snapshot_retention=200)

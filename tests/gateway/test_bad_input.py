@@ -316,3 +316,40 @@ async def test_unknown_route_in_dialect(
         ANTHROPIC_PATH if path.startswith("/v1/messages") else OPENAI_PATH, payload, expected
     )
     assert path in message
+
+
+@pytest.mark.parametrize("path", [OPENAI_PATH, ANTHROPIC_PATH])
+async def test_undecodable_gzip_body_is_400(
+    stack: Stack, http: aiohttp.ClientSession, path: str
+) -> None:
+    headers = {**_headers(path), "Content-Encoding": "gzip"}
+    async with http.post(
+        stack.url + path, data=orjson.dumps(GOOD[path]), headers=headers
+    ) as response:
+        assert response.status == 400
+        body = await response.json()
+    message = _check_shape(path, body, "invalid_request_error")
+    assert "Content-Encoding" in message
+    assert "'gzip'" in message
+    await _still_serves(http, stack, path)
+
+
+async def test_model_name_cannot_forge_access_log_lines(
+    http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await start_stack(server={"access_log": True})
+    forged = "x\n2026-12-04 20:00:00,000 INFO smartflow.access: FAKE \u202e"
+    body = {**GOOD[OPENAI_PATH], "model": forged}
+    try:
+        with caplog.at_level("INFO", logger="smartflow.access"):
+            async with http.post(
+                stack.url + OPENAI_PATH, data=orjson.dumps(body), headers=_headers(OPENAI_PATH)
+            ) as response:
+                assert response.status == 404
+    finally:
+        await stop_stack(stack)
+    lines = [r.getMessage() for r in caplog.records if r.name == "smartflow.access"]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert "\u202e" not in lines[0]
+    assert "x\\n2026-12-04" in lines[0]

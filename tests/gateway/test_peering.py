@@ -7,10 +7,13 @@ the other site to the other gateway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +24,14 @@ import pytest
 from smartflow.auth.keys import hash_key
 from smartflow.config.schema import parse_config
 from smartflow.core.errors import ConfigError
-from smartflow.gateway.app import GATEWAY_KEY, RunningGateway, build_app, start_gateway
+from smartflow.core.types import Usage
+from smartflow.gateway.app import (
+    GATEWAY_KEY,
+    USAGE_QUEUE_KEY,
+    RunningGateway,
+    build_app,
+    start_gateway,
+)
 from smartflow.policy.documents import parse_documents
 from smartflow.policy.engine import compile_policies
 from smartflow.providers.peer import (
@@ -29,9 +39,13 @@ from smartflow.providers.peer import (
     PEER_DEPLOYMENT_HEADER,
     PEER_HOP_HEADER,
     PEER_TOKEN_HEADER,
+    PEER_USAGE_HEADER,
 )
+from smartflow.sim.base import Fault
 from smartflow.sim.gemini import GeminiSimulator
 from smartflow.sim.openai import OpenAISimulator
+from smartflow.usage.events import UsageEvent
+from smartflow.usage.prices import PriceCatalog, format_usd
 from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY
 from tests.gateway.clients import anthropic_chat, openai_chat
 
@@ -90,6 +104,7 @@ def onprem_config(openai_url: str, cloud_url: str) -> dict[str, Any]:
             "gpt-4o": [{"provider": "openai", "model": "gpt-4o"}],
             "gemini-2.5-flash": [gemini_at_cloud],
             "mixed": [gemini_at_cloud, {"provider": "openai", "model": "gpt-4o-mini"}],
+            "local-first": [{"provider": "openai", "model": "gpt-4o-mini"}, gemini_at_cloud],
             "ping-pong": [gemini_at_cloud],
         },
         "keys": [
@@ -122,6 +137,7 @@ def cloud_config(gemini_url: str, onprem_url: str) -> dict[str, Any]:
             "gpt-4o": [openai_at_onprem],
             # The peer serves a forwarded request under the same public model name.
             "mixed": [{"provider": "gemini", "model": "gemini-2.5-flash"}, openai_at_onprem],
+            "local-first": [{"provider": "gemini", "model": "gemini-2.5-flash"}],
             # Misconfigured on purpose: each site thinks the other one serves it.
             "ping-pong": [openai_at_onprem],
         },
@@ -146,8 +162,10 @@ class Sites:
         gateway.runner.app[GATEWAY_KEY].set_policy(compile_policies(parse_documents(text)))
 
 
-@pytest.fixture
-async def sites() -> AsyncIterator[Sites]:
+@asynccontextmanager
+async def running_sites(state_root: Path | None = None) -> AsyncIterator[Sites]:
+    """Start both simulators and both gateways; with ``state_root``, both gateways record
+    usage events in queues under it."""
     openai_sim = OpenAISimulator(api_keys=[PROVIDER_KEY])
     gemini_sim = GeminiSimulator(api_keys=["gemini-test-key"])
     openai_url = await openai_sim.start()
@@ -155,12 +173,18 @@ async def sites() -> AsyncIterator[Sites]:
     onprem_port, cloud_port = _free_port(), _free_port()
     onprem_url = f"http://127.0.0.1:{onprem_port}"
     cloud_url = f"http://127.0.0.1:{cloud_port}"
+    onprem_data = onprem_config(openai_url, cloud_url)
+    cloud_data = cloud_config(gemini_url, onprem_url)
+    if state_root is not None:
+        for name, data in (("onprem", onprem_data), ("cloud", cloud_data)):
+            data["usage"] = {"enabled": True}
+            data["state_dir"] = str(state_root / name)
     onprem_app = build_app(
-        parse_config(onprem_config(openai_url, cloud_url)),
+        parse_config(onprem_data),
         environ={"TEST_PROVIDER_KEY": PROVIDER_KEY, "PEER_TOKEN": ONPREM_TOKEN},
     )
     cloud_app = build_app(
-        parse_config(cloud_config(gemini_url, onprem_url)),
+        parse_config(cloud_data),
         environ={"TEST_GEMINI_KEY": "gemini-test-key", "PEER_TOKEN": CLOUD_TOKEN},
     )
     onprem = await start_gateway(onprem_app, "127.0.0.1", onprem_port)
@@ -172,6 +196,18 @@ async def sites() -> AsyncIterator[Sites]:
         await cloud.stop()
         await openai_sim.stop()
         await gemini_sim.stop()
+
+
+@pytest.fixture
+async def sites() -> AsyncIterator[Sites]:
+    async with running_sites() as running:
+        yield running
+
+
+@pytest.fixture
+async def usage_sites(tmp_path: Path) -> AsyncIterator[Sites]:
+    async with running_sites(tmp_path) as running:
+        yield running
 
 
 def _messages(text: str) -> list[dict[str, Any]]:
@@ -500,3 +536,283 @@ async def test_rejected_peer_credential_reported(sites: Sites) -> None:
     assert caught.value.status_code == 502
     assert "rejected this instance's peer credential (HTTP 401)" in str(caught.value)
     assert len(sites.gemini.requests) == 0
+
+
+# --- usage: one event per request ---------------------------------------------------------
+
+
+async def queued_events(gateway: RunningGateway) -> list[UsageEvent]:
+    queue = gateway.runner.app[USAGE_QUEUE_KEY]
+    await queue.flush()
+    return [UsageEvent.from_json(item.body) for item in await queue.read_batch(1000)]
+
+
+async def settled_events(sites: Sites, expected: int) -> tuple[list[UsageEvent], list[UsageEvent]]:
+    """Return the events queued on-prem and at the cloud, once ``expected`` are there in
+    all and a pause has given any extra event the time to arrive."""
+    async with asyncio.timeout(5):
+        while True:
+            total = len(await queued_events(sites.onprem)) + len(await queued_events(sites.cloud))
+            if total >= expected:
+                break
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    return await queued_events(sites.onprem), await queued_events(sites.cloud)
+
+
+async def chat_with_id(
+    url: str,
+    api_key: str,
+    ingress: str,
+    model: str,
+    text: str,
+    *,
+    stream: bool,
+    headers: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Send one chat with an official SDK; return the reply text and the request id."""
+    reply = ""
+    if ingress == "openai":
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0)
+        raw = await client.chat.completions.with_raw_response.create(
+            model=model, messages=_messages(text), stream=stream, extra_headers=headers
+        )
+        request_id = raw.headers["x-request-id"]
+        if stream:
+            async for chunk in raw.parse():  # type: ignore[union-attr]
+                if chunk.choices and chunk.choices[0].delta.content:
+                    reply += chunk.choices[0].delta.content
+        else:
+            reply = raw.parse().choices[0].message.content or ""  # type: ignore[union-attr]
+        return reply, request_id
+    claude = anthropic.AsyncAnthropic(base_url=url, api_key=api_key, max_retries=0)
+    raw_message = await claude.messages.with_raw_response.create(
+        model=model, max_tokens=50, messages=_messages(text), stream=stream, extra_headers=headers
+    )
+    request_id = raw_message.headers["request-id"]
+    if stream:
+        async for event in await raw_message.parse():  # type: ignore[union-attr]
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                reply += event.delta.text
+    else:
+        block = (await raw_message.parse()).content[0]  # type: ignore[union-attr]
+        assert block.type == "text"
+        reply = block.text
+    return reply, request_id
+
+
+def expected_cost(event: UsageEvent) -> str:
+    """Price the event's tokens with the default catalogue, as the serving instance must."""
+    assert event.provider_kind is not None
+    tokens = event.tokens
+    usage = Usage(
+        input_tokens=tokens.input,
+        output_tokens=tokens.output,
+        cached_input_tokens=tokens.cached_input,
+        cache_write_tokens=tokens.cache_write,
+        reasoning_tokens=tokens.reasoning,
+    )
+    cost = PriceCatalog.default().cost(event.provider_kind, [event.model_served], usage)
+    assert cost.usd is not None, f"no catalogue price for {event.model_served}"
+    return format_usd(cost.usd)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("ingress", ["openai", "anthropic"])
+async def test_forwarded_request_one_event(usage_sites: Sites, ingress: str, stream: bool) -> None:
+    reply, request_id = await chat_with_id(
+        usage_sites.onprem.url, VIRTUAL_KEY, ingress, "gemini-2.5-flash", "hi", stream=stream
+    )
+    assert reply.endswith("You said: hi")
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert onprem == []
+    assert len(cloud) == 1
+    event = cloud[0]
+    assert event.request_id == request_id
+    assert event.instance == "cloud-1"
+    assert event.site == "cloud"
+    assert event.entry_instance == "onprem-1"
+    assert event.entry_site == "on-prem"
+    assert event.dialect == ingress
+    assert event.stream is stream
+    assert (event.key_name, event.team, event.user) == ("test", "qa", "tester")
+    assert event.provider == "gemini"
+    assert event.provider_kind == "gemini"
+    assert event.deployment == "gemini/gemini-2.5-flash"
+    assert event.model_requested == "gemini-2.5-flash"
+    assert event.usage_source == "provider"
+    assert event.tokens.input > 0
+    assert event.tokens.output > 0
+    assert event.price_missing is False
+    assert event.cost_usd == expected_cost(event)
+    assert event.status == 200
+    assert event.error_type is None
+    assert event.finish_reason == "stop"
+    assert [a.deployment for a in event.attempts] == ["gemini/gemini-2.5-flash"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("ingress", ["openai", "anthropic"])
+async def test_reverse_forwarded_one_event(usage_sites: Sites, ingress: str, stream: bool) -> None:
+    reply, request_id = await chat_with_id(
+        usage_sites.cloud.url, CLOUD_KEY, ingress, "gpt-4o", "hi", stream=stream
+    )
+    assert reply.startswith("Hello from gpt-4o")
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert cloud == []
+    assert len(onprem) == 1
+    event = onprem[0]
+    assert event.request_id == request_id
+    assert event.instance == "onprem-1"
+    assert event.entry_instance == "cloud-1"
+    assert event.entry_site == "cloud"
+    assert (event.key_name, event.team, event.user) == ("cloud-app", "cloud-team", None)
+    assert event.provider == "openai"
+    assert event.deployment == "openai/gpt-4o"
+    assert event.tokens.output > 0
+    assert event.cost_usd == expected_cost(event)
+    assert event.stream is stream
+
+
+async def test_local_request_event_unchanged(usage_sites: Sites) -> None:
+    """A request served where it entered records its event there, with no entry fields."""
+    _, request_id = await chat_with_id(
+        usage_sites.onprem.url, VIRTUAL_KEY, "openai", "gpt-4o", "hi", stream=False
+    )
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert cloud == []
+    assert [e.request_id for e in onprem] == [request_id]
+    assert onprem[0].entry_instance is None
+    assert onprem[0].entry_site is None
+    assert onprem[0].cost_usd == expected_cost(onprem[0])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forwarded_event_has_entry_policy(usage_sites: Sites, stream: bool) -> None:
+    """The peer's event carries the entry instance's decision as names and counts only."""
+    usage_sites.set_policy(
+        usage_sites.onprem,
+        "apiVersion: smartflow/v1\nkind: Policy\nmetadata: {name: tok}\n"
+        "spec:\n  entities:\n    - {type: EMAIL, action: tokenize}\n",
+    )
+    email = "jane.doe@example.com"
+    reply, request_id = await chat_with_id(
+        usage_sites.onprem.url,
+        VIRTUAL_KEY,
+        "openai",
+        "gemini-2.5-flash",
+        f"mail {email} and {email.replace('jane', 'john')}",
+        stream=stream,
+    )
+    assert email in reply
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert onprem == []
+    assert len(cloud) == 1
+    event = cloud[0]
+    assert event.request_id == request_id
+    assert event.policy is not None
+    assert event.policy.policies == ["tok"]
+    assert event.policy.request_entities == {"EMAIL": 2}
+    assert event.policy.actions == {"EMAIL": "tokenize"}
+    assert "example.com" not in event.to_json().decode()
+
+
+async def test_peer_down_entry_records_event(usage_sites: Sites) -> None:
+    await usage_sites.cloud.stop()
+    client = openai.AsyncOpenAI(
+        base_url=usage_sites.onprem.url + "/v1", api_key=VIRTUAL_KEY, max_retries=0
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="gemini-2.5-flash", messages=_messages("hi"))
+    assert caught.value.status_code == 502
+    request_id = caught.value.response.headers["x-request-id"]
+    await asyncio.sleep(0.2)
+    events = await queued_events(usage_sites.onprem)
+    assert len(events) == 1
+    event = events[0]
+    assert event.request_id == request_id
+    assert event.instance == "onprem-1"
+    assert event.entry_instance is None
+    assert event.status == 502
+    assert event.error_type == "upstream_unavailable"
+    assert event.key_name == "test"
+    assert [(a.deployment, a.error) for a in event.attempts] == [
+        ("gemini/gemini-2.5-flash", "upstream_unavailable")
+    ]
+    assert event.usage_source == "none"
+    assert event.cost_usd is None
+
+
+async def test_peer_error_recorded_once_at_entry(usage_sites: Sites) -> None:
+    """The peer rejects the request (strict key), so only the entry instance records it."""
+    client = openai.AsyncOpenAI(
+        base_url=usage_sites.onprem.url + "/v1", api_key=STRICT_KEY, max_retries=0
+    )
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(
+            model="gemini-2.5-flash", messages=_messages("hi"), max_tokens=1_000_000
+        )
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert cloud == []
+    assert len(onprem) == 1
+    assert onprem[0].status == 400
+    assert onprem[0].key_name == "strict"
+    assert onprem[0].error_type is not None
+
+
+async def test_fallback_after_peer_error_one_event(usage_sites: Sites) -> None:
+    """The peer's provider fails, the entry falls back to its own deployment: one event
+    at the entry, with both attempts."""
+    usage_sites.gemini.faults.append(Fault(status=503))
+    _, request_id = await chat_with_id(
+        usage_sites.onprem.url, VIRTUAL_KEY, "openai", "mixed", "hi", stream=False
+    )
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert cloud == []
+    assert len(onprem) == 1
+    event = onprem[0]
+    assert event.request_id == request_id
+    assert event.provider == "openai"
+    assert event.deployment == "openai/gpt-4o-mini"
+    assert [a.deployment for a in event.attempts] == [
+        "gemini/gemini-2.5-flash",
+        "openai/gpt-4o-mini",
+    ]
+    assert event.fallbacks == 1
+    assert event.cost_usd == expected_cost(event)
+
+
+async def test_entry_attempts_reach_peer_event(usage_sites: Sites) -> None:
+    """A local failure before forwarding shows in the peer's event as an earlier attempt."""
+    usage_sites.openai.faults.append(Fault(status=503))
+    _, request_id = await chat_with_id(
+        usage_sites.onprem.url, VIRTUAL_KEY, "openai", "local-first", "hi", stream=True
+    )
+    onprem, cloud = await settled_events(usage_sites, 1)
+    assert onprem == []
+    assert len(cloud) == 1
+    event = cloud[0]
+    assert event.request_id == request_id
+    assert [(a.deployment, a.status) for a in event.attempts] == [
+        ("openai/gpt-4o-mini", 503),
+        ("gemini/gemini-2.5-flash", None),
+    ]
+    assert event.fallbacks == 1
+
+
+async def test_invalid_usage_header_rejected(usage_sites: Sites) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            usage_sites.cloud.url + "/v1/chat/completions",
+            json={"model": "gemini-2.5-flash", "messages": _messages("hi")},
+            headers={
+                PEER_TOKEN_HEADER: ONPREM_TOKEN,
+                PEER_CALLER_HEADER: '{"key":"test","team":"qa"}',
+                PEER_USAGE_HEADER: '{"policy": {"request_entities": {"EMAIL": "two"}}}',
+            },
+        ) as reply:
+            assert reply.status == 400
+            body = await reply.json()
+    assert PEER_USAGE_HEADER in body["error"]["message"]
+    assert "policy.request_entities" in body["error"]["message"]
+    assert len(usage_sites.gemini.requests) == 0

@@ -108,6 +108,8 @@ def test_documents_on_key_from_plain_safe_load() -> None:
         ("action: redact", "action: erase", "spec.entities[0].action", "'redact', 'mask'"),
         ("type: EMAIL", "type: EMAILS", "spec.entities[0].type", "expected one of"),
         ("TCK-[0-9]{6}", "TCK-[0-9", "spec.custom.patterns[0].regex", "invalid regular"),
+        ("TCK-[0-9]{6}", "(TCK)-\\\\1", "spec.custom.patterns[0].regex", "no backreferences"),
+        ("DROP TABLE", "(?<=x)DROP", "spec.content.regex[0].pattern", "RE2 syntax"),
         ("window_chars: 64", "window_chars: 64, size: 1", "spec.stream.size", "window_chars"),
         ("mode: enforce", "mode: dry-run", "spec.mode", "'enforce' or 'audit'"),
         ("entity: CREDIT_CARD", "entity: CARD", "labels_from_entities[0].entity", "CREDIT_CARD"),
@@ -489,3 +491,24 @@ def test_document_to_dict_uses_yaml_names() -> None:
     data = document.to_dict()
     assert data["apiVersion"] == "smartflow/v1"
     assert data["spec"]["entities"][0]["on"] == ["request", "response"]
+
+
+def test_nested_quantifier_pattern_matches_in_linear_time() -> None:
+    # (a+)+$ backtracks exponentially in Python's re: on 60 letters and a "!" the scan
+    # would not end within the test timeout. RE2 finds no match at once.
+    policy = evaluator(
+        doc(
+            custom={"patterns": [{"name": "nested", "regex": "(a+)+$", "action": "redact"}]},
+            content={"regex": [{"name": "nested-rule", "pattern": "(b+)+$"}]},
+        )
+    )
+    run, text = run_on(policy, "a" * 60 + "! " + "b" * 60 + "!")
+    assert text == "a" * 60 + "! " + "b" * 60 + "!"
+    assert run.decision.request_entities == {}
+
+
+def test_custom_pattern_value_group_after_non_ascii() -> None:
+    pattern = {"name": "employee", "regex": "id: (?P<value>E[0-9]{6})", "action": "redact"}
+    policy = evaluator(doc(custom={"patterns": [pattern]}))
+    _, text = run_on(policy, "Größe 日本 id: E123456 ok")
+    assert text == "Größe 日本 id: [EMPLOYEE] ok"

@@ -308,3 +308,39 @@ async def test_dashboard_queries_exported_metrics(
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
+
+
+def test_histogram_buckets_are_cumulative() -> None:
+    metrics = GatewayMetrics()
+    # 0.16 s lies on a bound and counts in le="0.16"; 100 s is above the last bound.
+    for latency_ms in (5.0, 160.0, 160.0001, 100_000.0):
+        metrics.record(_event(latency_ms=latency_ms))
+    body = metrics.render()[0].decode()
+    name = "gen_ai_client_operation_duration_seconds_bucket"
+    assert _value(body, name, le="0.01") == 1
+    assert _value(body, name, le="0.08") == 1
+    assert _value(body, name, le="0.16") == 2
+    assert _value(body, name, le="0.32") == 3
+    assert _value(body, name, le="81.92") == 3
+    assert _value(body, name, le="+Inf") == 4
+    assert _value(body, "gen_ai_client_operation_duration_seconds_count") == 4
+    assert _value(body, "gen_ai_client_operation_duration_seconds_sum") == pytest.approx(
+        100.3250001, abs=1e-9
+    )
+    assert (
+        _value(
+            body, "gen_ai_client_token_usage_bucket", le="1.6777216e+07", gen_ai_token_type="input"
+        )
+        == 4
+    )
+
+
+def test_created_series_and_unlabelled_counters() -> None:
+    metrics = GatewayMetrics()
+    body = metrics.render()[0].decode()
+    assert _value(body, "smartflow_client_disconnects_total") == 0
+    assert "smartflow_requests_total{" not in body
+    metrics.record(_event())
+    body = metrics.render()[0].decode()
+    assert _value(body, "smartflow_requests_created", status="200") > 0
+    assert _value(body, "gen_ai_client_operation_duration_seconds_created") > 0

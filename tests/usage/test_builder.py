@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from decimal import Decimal
 
@@ -288,3 +289,27 @@ def test_caller_supplied_model_name_is_truncated() -> None:
     builder.set_request(_request("m" * 5000))
     event = builder.finish(404)
     assert event.model_requested == "m" * 200
+
+
+def test_usage_copy_keeps_every_field() -> None:
+    values = {field.name: index + 1 for index, field in enumerate(dataclasses.fields(Usage))}
+    builder = UsageBuilder(request_id="req_copy", dialect="openai", instance="gw", site="local")
+    reported = Usage(**values)
+    builder.record_usage(reported, final=True)
+    reported.input_tokens = 0  # a later change by the decoder must not reach the event
+    event = builder.finish(200)
+    assert event.usage_source == "provider"
+    assert dataclasses.asdict(event.tokens) == {
+        "input": values["input_tokens"],
+        "output": values["output_tokens"],
+        "cached_input": values["cached_input_tokens"],
+        "cache_write": values["cache_write_tokens"],
+        "reasoning": values["reasoning_tokens"],
+    }
+    assert set(values) == {
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    }, "Usage has a new field: copy it in usage.builder._copy_usage"

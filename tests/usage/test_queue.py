@@ -295,3 +295,40 @@ async def _until_true(predicate: Callable[[], bool], timeout: float = 10.0) -> N
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+async def test_batch_with_stored_event_keeps_the_others(tmp_path: Path) -> None:
+    queue = await UsageQueue.open(tmp_path / "usage.db", QueueSettings(batch_wait_s=0.05))
+    try:
+        events = [_event(index) for index in range(4)]
+        await _offer_all(queue, events[:1])
+        size = queue.stats().bytes
+        # One transaction with an id already on disk: the write is redone row by row.
+        await _offer_all(queue, [events[1], events[0], events[2], events[3], events[2]])
+        assert queue.stats().depth == 4
+        assert queue.stats().written == 4
+        assert queue.stats().bytes == size + sum(len(e.to_json()) for e in events[1:])
+        assert await _request_ids(queue) == ["r0", "r1", "r2", "r3"]
+    finally:
+        await queue.close()
+
+
+async def test_batch_wait_groups_events(tmp_path: Path) -> None:
+    queue = await UsageQueue.open(tmp_path / "usage.db", QueueSettings(batch_wait_s=0.2))
+    try:
+        for index in range(3):
+            assert queue.offer(_event(index))
+            await asyncio.sleep(0.01)
+        # Still waiting for the batch to fill: nothing is on disk yet.
+        assert queue.stats().depth == 0
+        assert queue.stats().buffered == 3
+        await queue.flush()
+        assert queue.stats().depth == 3
+    finally:
+        await queue.close()
+
+
+@pytest.mark.parametrize("wait", [-0.1, 1.5])
+def test_invalid_batch_wait_is_rejected(wait: float) -> None:
+    with pytest.raises(ConfigError, match="batch_wait_s"):
+        QueueSettings(batch_wait_s=wait)

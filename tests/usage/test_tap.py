@@ -17,7 +17,7 @@ from smartflow.providers.base import Deployment, Secret
 from smartflow.providers.openai import OpenAIProvider
 from smartflow.sim.anthropic import AnthropicSimulator
 from smartflow.sim.openai import OpenAISimulator
-from smartflow.usage.builder import UsageBuilder
+from smartflow.usage.builder import CHARS_PER_TOKEN, UsageBuilder
 from smartflow.usage.prices import PriceCatalog
 from smartflow.usage.tap import (
     ObservingEncoder,
@@ -239,3 +239,75 @@ def test_unreadable_body_is_not_recorded() -> None:
     assert not record_passthrough_body(builder, provider, b"<html>bad gateway</html>")
     assert not record_passthrough_body(builder, provider, b"[1, 2]")
     assert builder.finish(502).usage_source == "none"
+
+
+def _openai_sse(texts: list[str], *, usage: dict[str, int] | None) -> list[bytes]:
+    """Build an OpenAI chat.completion.chunk stream, one event per chunk."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06"}
+    chunks = [
+        b"data: "
+        + orjson.dumps({**base, "choices": [{"index": 0, "delta": {"content": text}}]})
+        + b"\n\n"
+        for text in texts
+    ]
+    finish = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    chunks.append(b"data: " + orjson.dumps(finish) + b"\n\n")
+    if usage is not None:
+        chunks.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+    chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+def _tapped(chunks: list[bytes]) -> tuple[UsageBuilder, PassthroughTap]:
+    provider = OpenAIProvider("openai-main", api_key=Secret(KEY), base_url="http://127.0.0.1:9/v1")
+    builder = _builder("openai")
+    builder.set_deployment(Deployment("gpt-4o", provider, "gpt-4o"))
+    tap = PassthroughTap(builder, provider)
+    for chunk in chunks:
+        tap.feed(chunk)
+    return builder, tap
+
+
+@pytest.mark.parametrize("words", [3, 40_000])
+def test_passthrough_usage_from_stream_end(words: int) -> None:
+    # 40,000 words are about 3.5 MB of events, so most are decoded while the stream runs.
+    usage = {"prompt_tokens": 11, "completion_tokens": words, "total_tokens": 11 + words}
+    builder, tap = _tapped(_openai_sse([f" w{i}" for i in range(words)], usage=usage))
+    event = builder.finish(200, PriceCatalog.default())
+    assert not tap.stopped
+    assert event.usage_source == "provider"
+    assert event.tokens.input == 11
+    assert event.tokens.output == words
+    assert event.finish_reason == "length"
+    assert event.model_served == "gpt-4o-2024-08-06"
+
+
+@pytest.mark.parametrize("words", [3, 40_000])
+def test_passthrough_without_usage_counts_all_text(words: int) -> None:
+    texts = [f" word{i}" for i in range(words)]
+    builder, _ = _tapped(_openai_sse(texts, usage=None))
+    event = builder.finish(200)
+    assert event.usage_source == "estimated"
+    assert event.tokens.output == -(-len("".join(texts)) // CHARS_PER_TOKEN)
+    assert event.finish_reason == "length"
+
+
+def test_passthrough_stream_cut_counts_all_text() -> None:
+    texts = [f" word{i}" for i in range(30_000)]
+    chunks = _openai_sse(texts, usage={"prompt_tokens": 5, "completion_tokens": 1})
+    # The caller leaves before the last content event: no finish, no usage, no [DONE].
+    builder, _ = _tapped(chunks[: len(texts) - 1])
+    builder.mark_client_disconnected()
+    event = builder.finish(200)
+    assert event.usage_source == "estimated"
+    assert event.tokens.output == -(-len("".join(texts[:-1])) // CHARS_PER_TOKEN)
+    assert event.status == 499
+
+
+def test_passthrough_events_split_across_chunks() -> None:
+    usage = {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16}
+    raw = b"".join(_openai_sse([" a", " b", " c", " d", " e", " f"], usage=usage))
+    builder, _ = _tapped([raw[i : i + 5] for i in range(0, len(raw), 5)])
+    event = builder.finish(200)
+    assert event.usage_source == "provider"
+    assert (event.tokens.input, event.tokens.output) == (7, 9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -12,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smartflow.config.intercept import InterceptSettings
+from smartflow.config.telemetry import TelemetrySettings
 from smartflow.core.errors import ConfigError
 
 __all__ = [
@@ -88,6 +90,14 @@ class ProviderSettings(_Strict):
     """bedrock only: the variable with the secret key, in place of AWS_SECRET_ACCESS_KEY."""
     aws_session_token_env: str | None = None
     """bedrock only: the variable with the session token, in place of AWS_SESSION_TOKEN."""
+
+    @field_validator("api_version", "anthropic_version", mode="before")
+    @classmethod
+    def _date_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2024-10-21 as a date; the version is that date's text.
+        if isinstance(value, datetime.date):
+            return value.isoformat()
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -321,8 +331,9 @@ class UsageSettings(_Strict):
     enabled: bool = False
     """Record a priced usage event per request in a durable queue under ``state_dir``.
 
-    Off by default: recording costs about 120 microseconds of CPU per request today
-    (measured on one core with bench/run.py's setup), far above its 10% budget."""
+    Off by default: with events on, the gateway runs about 31% more instructions per
+    non-streamed request and 37% more per streamed one (callgrind, pass-through to
+    bench/mock_upstream.py, see bench/RESULTS-usage.md), above the 10% budget."""
     shipping: UsageShippingSettings | None = None
     """Ship the queued events to a control plane; without it they stay queued on disk."""
 
@@ -435,6 +446,7 @@ class GatewayConfig(_Strict):
     control_plane: ControlPlaneLinkSettings | None = None
     """Link to a control plane; see ``ControlPlaneLinkSettings``."""
     peering: PeeringSettings = PeeringSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

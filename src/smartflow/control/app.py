@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from smartflow.control.api.errors import error_middleware
+from smartflow.control.api.metrics import METRICS_KEY, METRICS_OPERATION, ControlMetrics
 from smartflow.control.api.openapi import build_openapi
 from smartflow.control.api.routes import OPERATIONS
 from smartflow.control.api.routing import PLANE_KEY, add_operations, json_response
@@ -34,18 +35,24 @@ def create_control_plane_app(settings: ControlPlaneSettings) -> web.Application:
 
     Startup raises ConfigError when the state directory, a key or the database is unusable.
     """
+    metrics = ControlMetrics()
+    # The metrics middleware is outermost, so it counts the status of rendered errors.
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_message_bytes
+        middlewares=[metrics.middleware, error_middleware],
+        client_max_size=settings.max_message_bytes,
     )
+    app[METRICS_KEY] = metrics
+    metrics.watch(app)
     streams = StreamRegistry()
     app[STREAMS_KEY] = streams
-    spec = build_openapi(OPERATIONS)
+    operations = [*OPERATIONS, METRICS_OPERATION]
+    spec = build_openapi(operations)
 
     async def openapi(_request: web.Request) -> web.Response:
         return json_response(spec)
 
     app.router.add_get("/openapi.json", openapi, allow_head=False)
-    add_operations(app, OPERATIONS)
+    add_operations(app, operations)
     add_dashboard(app, settings.dashboard_session_ttl_s)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

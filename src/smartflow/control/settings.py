@@ -40,8 +40,9 @@ class ControlPlaneSettings(BaseModel):
     bootstrap_admin_token: SecretStr | None = None
     """The first admin token itself, in place of the variable (tests and embedding)."""
     sync_poll_interval_s: float = Field(5.0, gt=0)
-    """Seconds between checks of each sync stream for versions made by another control-plane
-    process sharing the database. Versions made by this process are sent at once."""
+    """Seconds between reads of the newest snapshot version, which find versions made by
+    another control-plane process sharing the database. One task per process makes them
+    while a sync stream is open. Versions made by this process are sent at once."""
     heartbeat_s: float = Field(20.0, gt=0)
     """WebSocket ping interval of the sync stream; a peer silent for twice this is dropped."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)

@@ -40,6 +40,8 @@ class SmartflowError(Exception):
     code: str = "internal_error"
     retryable: bool = False
     log_level: int = logging.ERROR
+    close_connection: bool = False
+    """Whether the caller's connection cannot carry another request after this error."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

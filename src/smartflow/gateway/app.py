@@ -19,7 +19,7 @@ from smartflow.gateway.admin import add_admin_routes
 from smartflow.gateway.embeddings import add_embedding_routes
 from smartflow.gateway.feedback import add_feedback_route
 from smartflow.gateway.handlers import Gateway
-from smartflow.gateway.peering import Peering
+from smartflow.gateway.peering import Peering, attach_usage
 from smartflow.gateway.upstream import Dispatcher
 from smartflow.intercept.listener import attach_interception
 from smartflow.normalize import load_profiles
@@ -30,6 +30,7 @@ from smartflow.providers.base import Deployment, Provider
 from smartflow.providers.registry import build_provider
 from smartflow.routing.router import Router
 from smartflow.telemetry.metrics import GatewayMetrics
+from smartflow.telemetry.tracing import GatewayTracer
 from smartflow.transport.http import HTTPSettings, create_session
 from smartflow.usage.prices import PriceCatalog
 from smartflow.usage.queue import UsageQueue
@@ -111,11 +112,15 @@ def build_app(
         connect_timeout=config.timeouts.connect_s, read_timeout=config.timeouts.read_s
     )
 
+    tracer = _tracer(config, os.environ if environ is None else environ)
+
     async def session_context(app: web.Application):  # type: ignore[no-untyped-def]
-        session = create_session(http)
+        session = create_session(http, [tracer.trace_config()] if tracer is not None else None)
         gateway.dispatcher.session = session
         yield
         await session.close()
+        if tracer is not None:
+            await tracer.shutdown()
 
     dispatcher_options: dict[str, Any] = {
         "read_timeout": config.timeouts.read_s,
@@ -128,14 +133,16 @@ def build_app(
         else peering.dispatcher(None, config.retry, keys=keys, **dispatcher_options)
     )
     metrics = GatewayMetrics()
-    recorder = UsageRecorder(
+    recorder = (UsageRecorder if peering is None else peering.usage_recorder)(
         instance=config.server.instance,
         site=config.server.site,
         prices=PriceCatalog.default(),
         metrics=metrics,
+        tracer=tracer,
     )
     gateway = (Gateway if peering is None else peering.gateway)(
-        usage=recorder if config.usage.enabled else None,
+        # Spans take their attributes from the usage event, so tracing needs the builder.
+        usage=recorder if config.usage.enabled or tracer is not None else None,
         router=Router(routes),
         keys=keys,
         dispatcher=dispatcher,
@@ -152,6 +159,8 @@ def build_app(
     app[GATEWAY_KEY] = gateway
     app[POLICY_STORE_KEY] = store
     app.middlewares.append(gateway.dialect_errors)
+    if tracer is not None:
+        app.middlewares.insert(0, tracer.middleware)
     app.cleanup_ctx.append(session_context)
     app.router.add_get("/metrics", metrics.handle)
     if config.intercept.enabled:
@@ -160,6 +169,7 @@ def build_app(
         return app
 
     add_feedback_route(app, gateway.keys.authenticate, recorder)
+    attach_usage(app, recorder)
     shipping = config.usage.shipping
 
     async def usage_context(app: web.Application):  # type: ignore[no-untyped-def]
@@ -185,6 +195,15 @@ def build_app(
 
     app.cleanup_ctx.append(usage_context)
     return app
+
+
+def _tracer(config: GatewayConfig, environ: Mapping[str, str]) -> GatewayTracer | None:
+    otlp = config.telemetry.otlp
+    if otlp is None:
+        return None
+    return GatewayTracer.from_settings(
+        otlp, instance=config.server.instance, site=config.server.site, environ=environ
+    )
 
 
 def _attach_policy(gateway: Gateway, config: GatewayConfig) -> PolicyStore[Evaluator]:

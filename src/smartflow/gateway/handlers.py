@@ -8,10 +8,12 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import StreamReader, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from smartflow.auth.keys import Caller, KeyStore
 from smartflow.core.errors import (
@@ -311,8 +313,8 @@ class Gateway:
                     "%s %s %s model=%s deployment=%s status=%s ms=%.1f",
                     request_id,
                     request.method,
-                    request.path,
-                    model,
+                    _printable(request.path),
+                    _printable(model),
                     served,
                     status,
                     (time.perf_counter() - started) * 1000,
@@ -334,13 +336,13 @@ class Gateway:
             return ObservingEncoder(encoder, usage) if usage else encoder
 
         stream = await self.dispatcher.open_stream(exchange, deployments, make_encoder)
+        tap: PassthroughTap | None = None
         if usage:
             usage.set_deployment(stream.deployment)
             usage.mark_first_byte()
             if stream.passthrough:
                 tap = PassthroughTap(usage, stream.deployment.provider)
                 tap.feed(stream.first)
-                stream.rest = tap.wrap(stream.rest)
         headers = {
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
@@ -358,7 +360,7 @@ class Gateway:
         try:
             await response.prepare(request)
             try:
-                await _relay(response, stream, rewriter)
+                await _relay(response, stream, rewriter, tap.feed if tap else None)
             except PolicyViolation as exc:
                 if usage:
                     usage.record_error(exc)
@@ -417,14 +419,28 @@ class Gateway:
             raise _too_large(self.max_body_bytes)
         content = request.content
         raw: bytes | bytearray
-        if content.is_eof():
-            # The whole body came with the headers, as it does for most requests: take it
-            # without arming the body timeout.
-            raw = content.read_nowait()
-            if len(raw) > self.max_body_bytes:
-                raise _too_large(self.max_body_bytes)
-        else:
-            raw = await self._read_slow_body(content)
+        try:
+            if content.is_eof():
+                # The whole body came with the headers, as it does for most requests: take
+                # it without arming the body timeout.
+                raw = content.read_nowait()
+                if len(raw) > self.max_body_bytes:
+                    raise _too_large(self.max_body_bytes)
+            else:
+                raw = await self._read_slow_body(content)
+        except RequestPayloadError:
+            # Nothing more of this body can be read, so the connection is closed after the
+            # error; marking the body finished stops aiohttp from trying to drain it.
+            content.feed_eof()
+            encoding = request.headers.get("Content-Encoding", "none")[:40]
+            error = InvalidRequest(
+                f"The request body could not be decoded as Content-Encoding "
+                f"{_printable(encoding)!r}. Send the body uncompressed, or compressed the way "
+                "Content-Encoding says.",
+                param="Content-Encoding",
+            )
+            error.close_connection = True
+            raise error from None
         if not raw:
             raise InvalidRequest("The request body is empty. Send a JSON object.")
         try:
@@ -460,22 +476,38 @@ class Gateway:
         logger.log(error.log_level, "request %s: %s (%s)", request_id, error.message, error.code)
         status, body, headers = ingress.render_error(error)
         headers[ingress.request_id_header] = request_id
-        return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+        response = web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+        if error.close_connection:
+            response.force_close()
+        return response
 
 
 async def _relay(
-    response: web.StreamResponse, stream: OpenStream, rewriter: StreamRewriter | None
+    response: web.StreamResponse,
+    stream: OpenStream,
+    rewriter: StreamRewriter | None,
+    tap_chunk: Callable[[bytes], None] | None = None,
 ) -> None:
-    """Write the upstream stream to the caller, through the policy rewriter if there is one."""
+    """Write the upstream stream to the caller, through the policy rewriter if there is one.
+
+    ``tap_chunk`` receives each chunk of ``stream.rest`` as it comes, for the usage tap.
+    """
     if rewriter is None:
         await response.write(stream.first)
+        if tap_chunk is None:
+            async for chunk in stream.rest:
+                await response.write(chunk)
+            return
         async for chunk in stream.rest:
+            tap_chunk(chunk)
             await response.write(chunk)
         return
     out = rewriter.feed(stream.first)
     if out:
         await response.write(out)
     async for chunk in stream.rest:
+        if tap_chunk is not None:
+            tap_chunk(chunk)
         out = rewriter.feed(chunk)
         if out:
             await response.write(out)
@@ -513,6 +545,13 @@ def _params_report(exchange: Exchange) -> str:
     if exchange.normalized is None or not exchange.normalized.changes:
         return "none"
     return report_header(exchange.normalized.changes)
+
+
+def _printable(text: str) -> str:
+    """Return ``text`` with line breaks and other control characters escaped, for logs."""
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _too_large(limit: int) -> RequestTooLarge:

@@ -14,6 +14,18 @@ NOTE: parameter normalisation runs at the peer, and the entry instance's
 ``x-smartflow-params`` header reports ``none`` for a forwarded request. Embeddings are
 not forwarded.
 
+Usage: a forwarded request has one usage event, recorded by the peer, because the peer
+makes the provider call and so has its provider, tokens, cost and latency. The event
+takes the entry instance's request id, site and request-side policy decision from the
+peer headers. The peer records no event for a forwarded request it answers with an
+error. The entry instance records its own event whenever the peer did not confirm with
+the recorded header (peer unreachable, credential rejected, an error answer, or a peer
+without a usage queue).
+
+NOTE: the entry instance applies its response rules after the peer has recorded the
+event, so the event of a forwarded request has no response-side findings and does not
+show a response that those rules blocked.
+
 None of these classes is used unless the ``peering`` section is set, so a gateway
 without it runs the plain request path.
 """
@@ -23,9 +35,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from contextvars import ContextVar
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
@@ -45,6 +58,7 @@ from smartflow.core.errors import (
 from smartflow.core.types import ChatRequest
 from smartflow.gateway.handlers import Gateway
 from smartflow.gateway.upstream import Dispatcher, Encoder, Exchange, OpenStream
+from smartflow.policy.decision import Decision
 from smartflow.policy.hooks import CLASSIFICATION_HEADER
 from smartflow.policy.run import PolicyRun
 from smartflow.providers.base import Deployment, Secret
@@ -52,24 +66,56 @@ from smartflow.providers.peer import (
     PEER_CALLER_HEADER,
     PEER_DEPLOYMENT_HEADER,
     PEER_HOP_HEADER,
+    PEER_RECORDED_HEADER,
     PEER_REQUEST_ID_HEADER,
     PEER_TOKEN_HEADER,
+    PEER_USAGE_HEADER,
     PeerProvider,
 )
+from smartflow.usage.builder import UsageBuilder, policy_summary
+from smartflow.usage.events import AttemptRecord, PolicySummary, UsageEvent
+from smartflow.usage.recorder import UsageRecorder
 
 __all__ = [
+    "ForwardedRequest",
     "PeerCaller",
     "Peering",
     "PeeringDispatcher",
     "PeeringGateway",
     "PeeringKeyStore",
+    "PeeringUsageRecorder",
+    "attach_usage",
     "decode_caller",
+    "decode_usage",
     "encode_caller",
+    "encode_usage",
+    "usage_recorder_class",
 ]
 
 logger = logging.getLogger(__name__)
 
 _MAX_CALLER_HEADER = 8192
+_MAX_USAGE_HEADER = 16384
+_MAX_NAME_CHARS = 128
+"""Maximum length of a request id or instance name taken from a peer header: the width
+of those columns at the control plane."""
+
+# Request-scoped state shared by the dispatcher, the gateway and the usage recorder of
+# one request. Each request runs in its own asyncio task, whose context copy isolates
+# these values; the dispatcher and the recorder run in that same task.
+# NOTE: a dispatcher call moved into another task would not see or set them.
+_entry_decision: ContextVar[Decision | None] = ContextVar(
+    "smartflow_peering_entry_decision", default=None
+)
+"""At the entry instance: the policy decision of the request, sent to the peer."""
+_recorded_by: ContextVar[str | None] = ContextVar("smartflow_peering_recorded_by", default=None)
+"""At the entry instance: the peer that confirmed it records the request's usage event."""
+_forwarded: ContextVar[ForwardedRequest | None] = ContextVar(
+    "smartflow_peering_forwarded", default=None
+)
+"""At the receiving instance: the entry instance's details of a forwarded request."""
+
+_FORWARDED_KEY = web.RequestKey("smartflow_peer_forwarded", bool)
 
 
 @dataclass(slots=True, frozen=True)
@@ -137,6 +183,121 @@ def decode_caller(value: str | None, peer: str) -> PeerCaller:
             "instances must run compatible Smartflow versions."
         ) from None
     return PeerCaller(key, team, user, tuple(labels), strict, identity=identity, peer=peer)
+
+
+@dataclass(slots=True)
+class ForwardedRequest:
+    """What the entry instance sent about a request it forwarded here, for the usage event."""
+
+    request_id: str
+    entry_instance: str
+    entry_site: str | None = None
+    policy: PolicySummary | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+
+def encode_usage(site: str, decision: Decision | None, attempts: Iterable[AttemptRecord]) -> str:
+    """Encode the value of the usage header: the entry site, the request-side policy
+    decision as names and counts, and the attempts made before forwarding."""
+    data = {
+        "site": site,
+        "policy": _summary_dict(policy_summary(decision)) if decision is not None else None,
+        "attempts": [[a.deployment, a.error, a.status] for a in attempts],
+    }
+    # ASCII-only JSON escapes every control character, so the value is a valid header.
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+
+
+def decode_usage(
+    value: str, peer: str
+) -> tuple[str | None, PolicySummary | None, list[AttemptRecord]]:
+    """Read the usage header sent by the peer named ``peer``.
+
+    Returns the entry site, the policy summary and the earlier attempts.
+
+    Raises:
+        InvalidRequest: the header is not the expected JSON object.
+    """
+    try:
+        if len(value) > _MAX_USAGE_HEADER:
+            raise ValueError(f"longer than {_MAX_USAGE_HEADER} characters")
+        data = json.loads(value)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        site = data.get("site")
+        if site is not None and not _is_name(site):
+            raise ValueError(f"'site' must be a string of 1 to {_MAX_NAME_CHARS} characters")
+        policy = data.get("policy")
+        summary = _decode_summary(policy) if policy is not None else None
+        attempts = [_decode_attempt(item) for item in data.get("attempts") or []]
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(
+            f"The {PEER_USAGE_HEADER} header from peer {peer} is invalid ({exc}). Both "
+            "instances must run compatible Smartflow versions."
+        ) from None
+    return site, summary, attempts
+
+
+def _summary_dict(summary: PolicySummary) -> dict[str, Any]:
+    return {f.name: getattr(summary, f.name) for f in fields(summary)}
+
+
+_SUMMARY_LISTS = ("policies", "audit_policies", "rules", "labels")
+_SUMMARY_COUNTS = ("request_entities", "response_entities")
+_SUMMARY_TEXTS = ("blocked_by", "residency")
+
+
+def _decode_summary(data: Any) -> PolicySummary:
+    if not isinstance(data, dict):
+        raise ValueError("'policy' must be a JSON object or null")
+    unknown = set(data) - {f.name for f in fields(PolicySummary)}
+    if unknown:
+        raise ValueError(f"'policy' has unknown fields {sorted(unknown)}")
+    for name in _SUMMARY_LISTS:
+        items = data.get(name, [])
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise ValueError(f"'policy.{name}' must be a list of strings")
+    for name in _SUMMARY_COUNTS:
+        counts = data.get(name, {})
+        if not isinstance(counts, dict) or not all(_is_count(n) for n in counts.values()):
+            raise ValueError(f"'policy.{name}' must map entity types to counts")
+    actions = data.get("actions", {})
+    if not isinstance(actions, dict) or not all(isinstance(a, str) for a in actions.values()):
+        raise ValueError("'policy.actions' must map entity types to action names")
+    for name in _SUMMARY_TEXTS:
+        text = data.get(name)
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"'policy.{name}' must be a string or null")
+    if not _is_count(data.get("errors", 0)):
+        raise ValueError("'policy.errors' must be a count")
+    return PolicySummary(**data)
+
+
+def _decode_attempt(item: Any) -> AttemptRecord:
+    if not (isinstance(item, list) and len(item) == 3):
+        raise ValueError("each of 'attempts' must be [deployment, error, status]")
+    deployment, error, status = item
+    if not isinstance(deployment, str):
+        raise ValueError("an attempt's deployment must be a string")
+    if error is not None and not isinstance(error, str):
+        raise ValueError("an attempt's error must be a string or null")
+    if status is not None and not _is_count(status):
+        raise ValueError("an attempt's status must be an integer or null")
+    return AttemptRecord(deployment, error, status)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_name(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a printable ASCII id or name that fits the event's columns."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _MAX_NAME_CHARS
+        and value.isascii()
+        and value.isprintable()
+    )
 
 
 class PeeringKeyStore(KeyStore):
@@ -248,15 +409,20 @@ class PeeringDispatcher(Dispatcher):
         self, exchange: Exchange, deployment: Deployment, payload: bytes, *, stream: bool
     ) -> aiohttp.ClientResponse:
         provider = deployment.provider
+        # Every attempt resets it, so it describes the attempt that served the request.
+        _recorded_by.set(None)
         if not isinstance(provider, PeerProvider):
             return await super()._post(exchange, deployment, payload, stream=stream)
         caller = self.keys.authenticate(exchange.client_headers)
+        # The dispatcher has already appended this attempt's record.
+        earlier = [AttemptRecord(a.deployment, a.error, a.status) for a in exchange.attempts[:-1]]
         target = provider.peer_target(
             deployment.label,
             stream=stream,
             client_headers=exchange.client_headers,
             caller=encode_caller(caller, exchange.client_headers),
             request_id=exchange.request_id,
+            usage=encode_usage(self.site, _entry_decision.get(), earlier),
         )
         try:
             response = await self.session.post(target.url, data=payload, headers=target.headers)
@@ -270,6 +436,9 @@ class PeeringDispatcher(Dispatcher):
                 raise _peer_failed(exc, provider) from exc
             response.release()
             raise provider.parse_error(response.status, body, response.headers)
+        recorded = response.headers.get(PEER_RECORDED_HEADER)
+        if recorded:
+            _recorded_by.set(recorded[:_MAX_NAME_CHARS])
         return response
 
 
@@ -303,8 +472,89 @@ class PeeringGateway(Gateway):
                 caller.key_name,
                 caller.team,
             )
+            if self.usage is not None:
+                self._accept_forwarded(caller, request, request_id)
             return None
-        return super()._evaluate_policy(caller, canonical, request, request_id)
+        run = super()._evaluate_policy(caller, canonical, request, request_id)
+        _entry_decision.set(run.decision if run is not None else None)
+        return run
+
+    def _accept_forwarded(self, caller: PeerCaller, request: web.Request, request_id: str) -> None:
+        """Keep the entry instance's details of a forwarded request for its usage event.
+
+        Raises:
+            InvalidRequest: the usage header is invalid.
+        """
+        headers = request.headers
+        entry_id = headers.get(PEER_REQUEST_ID_HEADER)
+        entry_instance = headers.get(PEER_HOP_HEADER)
+        forwarded = ForwardedRequest(
+            entry_id if _is_name(entry_id) else request_id,
+            entry_instance if _is_name(entry_instance) else caller.peer,
+        )
+        # Set before the usage header is read, so an invalid header still leaves the
+        # event of the failed request to the entry instance.
+        _forwarded.set(forwarded)
+        request[_FORWARDED_KEY] = True
+        value = headers.get(PEER_USAGE_HEADER)
+        if value is not None:
+            site, policy, attempts = decode_usage(value, caller.peer)
+            forwarded.entry_site, forwarded.policy, forwarded.attempts = site, policy, attempts
+
+
+class PeeringUsageRecorder(UsageRecorder):
+    """The usage recorder of an instance with linked routing: one event per request.
+
+    The entry instance emits nothing for a request that the peer confirmed it records.
+    The receiving instance emits a forwarded request it answered successfully, with the
+    entry instance's request id, site, policy summary and attempts, and nothing for one
+    it answered with an error, whose event the entry instance records.
+    """
+
+    def emit(self, builder: UsageBuilder, status: int) -> UsageEvent | None:
+        recorded_by = _recorded_by.get()
+        if recorded_by is not None:
+            logger.debug("usage: peer %s records the event of this request", recorded_by)
+            return None
+        forwarded = _forwarded.get()
+        if forwarded is None:
+            return super().emit(builder, status)
+        if status >= 400:
+            logger.debug(
+                "usage: instance %s records the event of its failed request %s",
+                forwarded.entry_instance,
+                forwarded.request_id,
+            )
+            return None
+        builder.set_forwarded(
+            request_id=forwarded.request_id,
+            entry_instance=forwarded.entry_instance,
+            entry_site=forwarded.entry_site,
+            policy=forwarded.policy,
+            attempts=forwarded.attempts,
+        )
+        return super().emit(builder, status)
+
+
+def attach_usage(app: web.Application, recorder: UsageRecorder) -> None:
+    """Send the recorded header from ``app`` when ``recorder`` is a ``PeeringUsageRecorder``.
+
+    The header goes with each successful response to a forwarded request while the
+    recorder has a queue, because the recorder then records that request's event here.
+    """
+    if not isinstance(recorder, PeeringUsageRecorder):
+        return
+
+    async def confirm_recorded(request: web.Request, response: web.StreamResponse) -> None:
+        if request.get(_FORWARDED_KEY) and response.status < 400 and recorder.queue is not None:
+            response.headers[PEER_RECORDED_HEADER] = recorder.instance
+
+    app.on_response_prepare.append(confirm_recorded)
+
+
+def usage_recorder_class(settings: PeeringSettings) -> type[UsageRecorder]:
+    """Return the usage recorder class of an instance with the ``settings`` of peering."""
+    return PeeringUsageRecorder if settings.sites or settings.accept else UsageRecorder
 
 
 @dataclass(slots=True)
@@ -394,6 +644,10 @@ class Peering:
     def gateway(self, **kwargs: Any) -> Gateway:
         """Build the request path; the arguments are those of ``Gateway``."""
         return PeeringGateway(**kwargs)
+
+    def usage_recorder(self, **kwargs: Any) -> UsageRecorder:
+        """Build the usage recorder; the arguments are those of ``UsageRecorder``."""
+        return PeeringUsageRecorder(**kwargs)
 
     def remote_only_providers(self, models: Mapping[str, Iterable[DeploymentSettings]]) -> set[str]:
         """Return the providers whose every deployment is served by a peer.

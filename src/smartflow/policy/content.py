@@ -5,7 +5,6 @@ A result names the rule that fired and how often, never the text that matched.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,6 +13,7 @@ import ahocorasick  # type: ignore[import-not-found]  # the package ships no stu
 
 from smartflow.core.errors import ConfigError
 from smartflow.policy.detectors._base import is_spaceless_script, lower_same_length
+from smartflow.policy.patterns import PolicyRegex, PolicyRegexError, compile_policy_regex
 
 __all__ = ["ContentMatch", "ContentRules", "RegexRule", "RuleKind", "TopicRule", "WordRule"]
 
@@ -170,7 +170,7 @@ class ContentRules:
     def __init__(
         self,
         deny: Sequence[WordRule],
-        regex: Sequence[tuple[RegexRule, re.Pattern[str]]],
+        regex: Sequence[tuple[RegexRule, PolicyRegex]],
         topics: Sequence[TopicRule],
         matcher: _WordMatcher,
     ) -> None:
@@ -209,17 +209,15 @@ class ContentRules:
                 entry = _Entry(_Role.TOPIC, index, keyword_index, len(word), topic.whole_word)
                 matcher.add(word, entry, case_sensitive=False)
         matcher.compile()
-        compiled: list[tuple[RegexRule, re.Pattern[str]]] = []
+        compiled: list[tuple[RegexRule, PolicyRegex]] = []
         for regex_rule in regex:
             _require(bool(regex_rule.name), "a regex rule has no name", "regex")
-            flags = re.IGNORECASE if regex_rule.ignore_case else 0
             try:
-                pattern = re.compile(regex_rule.pattern, flags)
-            except re.error as exc:
-                raise ConfigError(
-                    f"regex rule {regex_rule.name!r}: invalid regular expression: {exc}",
-                    param="regex",
-                ) from exc
+                pattern = compile_policy_regex(
+                    regex_rule.pattern, ignore_case=regex_rule.ignore_case
+                )
+            except PolicyRegexError as exc:
+                raise ConfigError(f"regex rule {regex_rule.name!r}: {exc}", param="regex") from exc
             compiled.append((regex_rule, pattern))
         return cls(deny, compiled, topics, matcher)
 
@@ -242,7 +240,7 @@ class ContentRules:
             for index, count in sorted(deny_counts.items())
         ]
         for rule, pattern in self._regex:
-            count = sum(1 for _ in pattern.finditer(text))
+            count = sum(1 for _ in pattern.spans(text))
             if count:
                 matches.append(ContentMatch(rule.name, RuleKind.REGEX, count))
         for index, keywords in sorted(topic_keywords.items()):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from smartflow.core.errors import SmartflowError
 from smartflow.policy.detectors import BUILTIN_ENTITIES, ENTITY_GROUPS
+from smartflow.policy.patterns import compile_policy_regex
 
 __all__ = [
     "API_VERSION",
@@ -210,10 +211,7 @@ class CustomPattern(_Directed):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression: {exc}") from None
+        compile_policy_regex(value)  # raises PolicyRegexError, a ValueError, with the reason
         return value
 
 

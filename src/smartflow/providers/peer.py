@@ -14,7 +14,17 @@ Headers of a forwarded request (the receiving side is ``smartflow.gateway.peerin
   only by the receiving instance's own deployments, never forwarded again.
 - ``x-smartflow-peer-deployment``: the deployment (``provider/model``) chosen by the
   sending instance, whose residency rules already allowed it.
-- ``x-smartflow-peer-request-id``: the request id at the sending instance, for logs.
+- ``x-smartflow-peer-request-id``: the request id at the sending instance. The
+  receiving instance records its usage event under this id.
+- ``x-smartflow-peer-usage``: JSON with the sending instance's site, its policy decision
+  as names and counts (never matched values), and the attempts it made before this one.
+  The receiving instance copies them into its usage event.
+
+Header of the peer's response:
+
+- ``x-smartflow-peer-recorded``: the receiving instance's name, sent with a successful
+  response when that instance records the request's usage event. The sending instance
+  then records none, so a forwarded request has exactly one event.
 """
 
 from __future__ import annotations
@@ -38,8 +48,10 @@ __all__ = [
     "PEER_CALLER_HEADER",
     "PEER_DEPLOYMENT_HEADER",
     "PEER_HOP_HEADER",
+    "PEER_RECORDED_HEADER",
     "PEER_REQUEST_ID_HEADER",
     "PEER_TOKEN_HEADER",
+    "PEER_USAGE_HEADER",
     "PeerProvider",
 ]
 
@@ -48,6 +60,8 @@ PEER_CALLER_HEADER = "x-smartflow-peer-caller"
 PEER_HOP_HEADER = "x-smartflow-peer-hop"
 PEER_DEPLOYMENT_HEADER = "x-smartflow-peer-deployment"
 PEER_REQUEST_ID_HEADER = "x-smartflow-peer-request-id"
+PEER_USAGE_HEADER = "x-smartflow-peer-usage"
+PEER_RECORDED_HEADER = "x-smartflow-peer-recorded"
 
 _PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 
@@ -111,10 +125,12 @@ class PeerProvider:
         client_headers: Mapping[str, str],
         caller: str,
         request_id: str,
+        usage: str | None = None,
     ) -> Target:
         """Return the URL and headers of a forwarded request.
 
-        ``caller`` is the caller's identity, already encoded as the header value.
+        ``caller`` and ``usage`` are the values of the caller and usage headers, already
+        encoded; the usage header is left out when ``usage`` is None.
         """
         headers = {
             "Content-Type": "application/json",
@@ -124,6 +140,8 @@ class PeerProvider:
             PEER_DEPLOYMENT_HEADER: deployment_label,
             PEER_REQUEST_ID_HEADER: request_id,
         }
+        if usage is not None:
+            headers[PEER_USAGE_HEADER] = usage
         for name in _FORWARDED:
             value = client_headers.get(name)
             if value:

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from smartflow.auth.keys import KeyStore
+from smartflow.auth.keys import Caller, KeyStore
 from smartflow.config.schema import (
     ControlPlaneLinkSettings,
     GatewayConfig,
@@ -29,8 +29,10 @@ from smartflow.config.schema import (
 )
 from smartflow.core.errors import ConfigError, SmartflowError
 from smartflow.gateway.app import RunningGateway, start_gateway
+from smartflow.gateway.feedback import add_feedback_route
 from smartflow.gateway.handlers import Gateway
 from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
+from smartflow.gateway.peering import attach_usage, usage_recorder_class
 from smartflow.gateway.upstream import Dispatcher
 from smartflow.providers.base import Provider, Secret
 from smartflow.routing.router import Router
@@ -149,6 +151,21 @@ class LiveGateway:
         return web.Response(
             status=status, body=body, content_type="application/json", headers=headers
         )
+
+    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+        """Authenticate a caller with the keys of the current configuration.
+
+        Raises:
+            ConfigurationUnavailable: no configuration is being served.
+            AuthenticationError: the key is missing or unknown.
+        """
+        state = self._current()
+        if state is None:
+            raise ConfigurationUnavailable(
+                "This gateway instance has no current configuration from its control plane, "
+                "so it cannot check the key. Retry shortly."
+            )
+        return state.gateway.keys.authenticate(headers)
 
     def _current(self) -> RuntimeState | None:
         state = self._state
@@ -303,7 +320,7 @@ async def start_linked_gateway(
     _warn_ignored(config)
 
     metrics = GatewayMetrics()
-    recorder = UsageRecorder(
+    recorder = usage_recorder_class(config.peering)(
         instance=name, site=site, prices=PriceCatalog.default(), metrics=metrics
     )
     usage = recorder if config.usage.enabled else None
@@ -334,6 +351,10 @@ async def start_linked_gateway(
     )
     app = web.Application(client_max_size=config.server.max_body_bytes)
     live.add_routes(app)
+    if usage is not None:
+        add_feedback_route(app, live.authenticate, recorder)
+    if usage is not None:
+        attach_usage(app, recorder)
     app.router.add_get("/metrics", metrics.handle)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
@@ -402,6 +423,17 @@ def _warn_ignored(config: GatewayConfig) -> None:
             "linked to a control plane: the configuration's %s come from the control plane "
             "and the file's values are ignored",
             ", ".join(ignored),
+        )
+    unsupported = []
+    if config.intercept.enabled:
+        unsupported.append("intercept")
+    if config.telemetry.otlp is not None:
+        unsupported.append("telemetry.otlp")
+    if unsupported:
+        # NOTE: a linked instance does not build the interception listener or the tracer.
+        logger.warning(
+            "linked instances do not support %s yet; run a standalone gateway for them",
+            " and ".join(unsupported),
         )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -34,6 +35,7 @@ __all__ = [
     "VerifyKey",
     "key_id",
     "load_or_create_signing_key",
+    "sign_canonical_snapshot",
     "sign_snapshot",
     "verify_snapshot",
 ]
@@ -182,6 +184,24 @@ def sign_snapshot(snapshot: Mapping[str, Any], key: SigningKey) -> SnapshotMessa
         signature=base64.b64encode(signature).decode("ascii"),
         snapshot=data,
     )
+
+
+def sign_canonical_snapshot(canonical_snapshot: bytes, key: SigningKey) -> str:
+    """Sign a snapshot already serialised by ``canonical_json`` and return the JSON text
+    of the message that carries it.
+
+    This is :func:`sign_snapshot` without parsing the snapshot again: the message embeds
+    the canonical bytes unchanged, so a receiver that parses the message and serialises
+    ``snapshot`` with ``canonical_json`` gets back the signed bytes.
+    """
+    signature = key.sign(SIGNATURE_DOMAIN + canonical_snapshot)
+    message = {
+        "type": "snapshot",
+        "key_id": key.key_id,
+        "signature": base64.b64encode(signature).decode("ascii"),
+        "snapshot": orjson.Fragment(canonical_snapshot),
+    }
+    return orjson.dumps(message).decode("utf-8")
 
 
 def verify_snapshot(message: SnapshotMessage, trusted: Mapping[str, VerifyKey]) -> Snapshot:

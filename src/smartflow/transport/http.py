@@ -28,7 +28,9 @@ class HTTPSettings:
     keepalive_timeout: float = 30.0
 
 
-def create_session(settings: HTTPSettings) -> aiohttp.ClientSession:
+def create_session(
+    settings: HTTPSettings, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=settings.max_connections,
         limit_per_host=settings.max_connections_per_host,
@@ -49,4 +51,5 @@ def create_session(settings: HTTPSettings) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "smartflow-gateway"},
+        trace_configs=trace_configs,
     )

@@ -177,6 +177,11 @@ class UsageEvent:
     """RFC 3339 UTC time at which the gateway received the request."""
     instance: str
     site: str
+    entry_instance: str | None = None
+    """The instance that received the caller's request and forwarded it here by linked
+    routing, else ``None``. ``request_id`` is then that instance's request id."""
+    entry_site: str | None = None
+    """The site of ``entry_instance``."""
     operation: str = "chat"
     """OpenTelemetry ``gen_ai.operation.name``: ``chat`` or ``embeddings``."""
     dialect: str

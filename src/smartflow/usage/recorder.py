@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from smartflow.telemetry.metrics import GatewayMetrics
+from smartflow.telemetry.tracing import GatewayTracer
 from smartflow.usage.builder import UsageBuilder
 from smartflow.usage.events import UsageEvent
 from smartflow.usage.prices import PriceCatalog
@@ -31,12 +32,14 @@ class UsageRecorder:
         prices: PriceCatalog,
         queue: UsageQueue | None = None,
         metrics: GatewayMetrics | None = None,
+        tracer: GatewayTracer | None = None,
     ) -> None:
         self.instance = instance
         self.site = site
         self.prices = prices
         self.queue = queue
         self.metrics = metrics
+        self.tracer = tracer
         self._rejected = 0
 
     def start(self, request_id: str, dialect: str, operation: str = "chat") -> UsageBuilder:
@@ -66,6 +69,11 @@ class UsageRecorder:
                 self.metrics.record(event)
             except Exception:
                 logger.exception("usage: recording metrics for request %s failed", event.request_id)
+        if self.tracer is not None:
+            try:
+                self.tracer.record(event, builder.request)
+            except Exception:
+                logger.exception("usage: tracing request %s failed", event.request_id)
         if self.queue is not None and not self.queue.offer(event):
             self._rejected += 1
             # Log the first rejection and then every hundredth; the metrics count each one.

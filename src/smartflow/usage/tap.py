@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from smartflow.core.errors import SmartflowError
-from smartflow.core.stream import StreamEnd, StreamEvent, StreamStart
+from smartflow.core.stream import StreamEnd, StreamEvent, StreamStart, UsageUpdate
 from smartflow.core.types import ChatResponse
 from smartflow.providers.base import FrameParser, Provider, StreamDecoder
 from smartflow.transport.sse import SSEParser
@@ -26,11 +26,10 @@ __all__ = ["ObservingEncoder", "PassthroughTap", "observe_render", "record_passt
 
 logger = logging.getLogger(__name__)
 
-_TAIL_EVENTS = 4
-"""Events read from the end of a pass-through stream: the last text, the finish reason,
-the usage and the end marker of OpenAI; the last delta, the block end, message_delta and
-message_stop of Anthropic."""
-_MAX_HELD_BYTES = 256 * 1024
+_TAIL_EVENTS = 3
+"""Events read from the end of a pass-through stream: the finish reason, the usage and the
+end marker of OpenAI; the block end, message_delta and message_stop of Anthropic."""
+_MAX_PENDING_BYTES = 256 * 1024
 
 
 class _Encoder(Protocol):
@@ -85,13 +84,13 @@ def record_passthrough_body(builder: UsageBuilder, provider: Provider, body: byt
 class PassthroughTap:
     """Reads the usage of a pass-through stream with the provider's parser and decoder.
 
-    Feed it every chunk in order, the first included. It only holds the chunks, and the
-    builder's ``finish`` calls ``settle``, which decodes them. For a server-sent event
+    Feed it every chunk in order, the first included. It only keeps the chunks in a list,
+    and the builder's ``finish`` calls ``settle``, which decodes them. For a server-sent event
     stream it first decodes the first event and the last ``_TAIL_EVENTS`` events only,
     which is enough when the provider reports final usage at the end (OpenAI with
     ``include_usage``, Anthropic). Otherwise it decodes every event in order, as it must
-    to estimate the tokens of a stream without usage or one cut part-way. Held chunks
-    above ``_MAX_HELD_BYTES`` are decoded as they come, which bounds the memory of a
+    to estimate the tokens of a stream without usage or one cut part-way. Pending chunks
+    above ``_MAX_PENDING_BYTES`` are decoded as they come, which bounds the memory of a
     long stream. After a chunk it cannot decode it stops, because the decoder's state
     is then unknown.
     """
@@ -103,16 +102,16 @@ class PassthroughTap:
         self._decoder: StreamDecoder = provider.stream_decoder()
         self._stopped = False
         self._settled = False
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        # The first event's bytes once held chunks have been decoded, else None.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        # The first event's bytes once pending chunks have been decoded, else None.
         self._head: bytes | None = None
         self._tail_possible = isinstance(self._parser, SSEParser)
         builder.on_finish(self.settle)
 
     @property
     def stopped(self) -> bool:
-        """Whether a chunk could not be decoded; decodes the held chunks first."""
+        """Whether a chunk could not be decoded; decodes the pending chunks first."""
         self.settle()
         return self._stopped
 
@@ -120,29 +119,29 @@ class PassthroughTap:
         if self._settled:
             self._decode([chunk])
             return
-        self._held.append(chunk)
-        self._held_bytes += len(chunk)
-        if self._held_bytes > _MAX_HELD_BYTES:
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes > _MAX_PENDING_BYTES:
             self._decode_oldest()
 
     async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Yield ``chunks`` unchanged, holding each one for the tap first."""
+        """Yield ``chunks`` unchanged, feeding each one to the tap first."""
         async for chunk in chunks:
             self.feed(chunk)
             yield chunk
 
     def settle(self) -> None:
-        """Decode the held chunks and record what they contain; only the first call works."""
+        """Decode the pending chunks and record their usage; later calls do nothing."""
         if self._settled:
             return
         self._settled = True
-        held, self._held = self._held, []
-        self._held_bytes = 0
-        if not held or self._stopped:
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
+        if not pending or self._stopped:
             return
-        if self._tail_possible and self._record_head_and_tail(b"".join(held)):
+        if self._tail_possible and self._record_head_and_tail(b"".join(pending)):
             return
-        self._decode(held)
+        self._decode(pending)
 
     def _decode(self, chunks: list[bytes]) -> None:
         if self._stopped:
@@ -158,22 +157,22 @@ class PassthroughTap:
             logger.debug("usage: stopped reading the %s stream: %s", self._provider.name, exc)
 
     def _decode_oldest(self) -> None:
-        """Decode the held chunks but the newest ``_MAX_HELD_BYTES // 2`` bytes."""
+        """Decode the pending chunks except the newest ``_MAX_PENDING_BYTES // 2`` bytes."""
         if self._tail_possible and self._head is None:
-            data = b"".join(self._held)
+            data = b"".join(self._pending)
             end = data.find(b"\n\n")
             if end < 0 or b"\r" in data:
                 self._tail_possible = False
             else:
                 self._head = data[: end + 2]
-        kept = 0
-        split = len(self._held)
-        while split > 0 and kept + len(self._held[split - 1]) <= _MAX_HELD_BYTES // 2:
+        newest_bytes = 0
+        split = len(self._pending)
+        while split > 0 and newest_bytes + len(self._pending[split - 1]) <= _MAX_PENDING_BYTES // 2:
             split -= 1
-            kept += len(self._held[split])
-        self._decode(self._held[:split])
-        self._held = self._held[split:]
-        self._held_bytes = kept
+            newest_bytes += len(self._pending[split])
+        self._decode(self._pending[:split])
+        self._pending = self._pending[split:]
+        self._pending_bytes = newest_bytes
 
     def _record_head_and_tail(self, data: bytes) -> bool:
         """Record the usage from the first and last events of an SSE stream.
@@ -194,23 +193,23 @@ class PassthroughTap:
             found = data.rfind(b"\n\n", 0, tail_start)
             if found < 0:
                 if self._head is not None:
-                    return False  # the held bytes may start inside an event
+                    return False  # the pending bytes may start inside an event
                 tail_start = -2
                 break
             tail_start = found
-        parser = self._provider.frame_parser()
         decoder = self._provider.stream_decoder()
         events: list[StreamEvent] = []
         try:
-            for chunk in (head, data[tail_start + 2 :]):
-                for name, payload in parser.feed(chunk):
-                    events.extend(decoder.feed(payload, name))
+            for name, payload in self._provider.frame_parser().feed(head + data[tail_start + 2 :]):
+                events.extend(decoder.feed(payload, name))
         except (orjson.JSONDecodeError, SmartflowError, KeyError, TypeError, ValueError):
             return False
         if not events or not isinstance(events[0], StreamStart):
             return False
         if not any(isinstance(e, StreamEnd) and e.usage is not None for e in events):
             return False
+        # Text deltas only matter for an estimate, and the final usage makes one needless.
         for event in events:
-            self._builder.observe(event)
+            if isinstance(event, StreamStart | StreamEnd | UsageUpdate):
+                self._builder.observe(event)
         return True

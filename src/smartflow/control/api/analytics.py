@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from smartflow.control.api.metrics import METRICS_KEY
 from smartflow.control.api.routing import Call, Operation
 from smartflow.control.services.analytics import (
     BUCKETS,
@@ -25,9 +26,9 @@ from smartflow.control.services.analytics import (
     rfc3339,
 )
 from smartflow.control.services.errors import ObjectInvalid
-from smartflow.control.services.ingest import MAX_BATCH_EVENTS
+from smartflow.control.services.ingest import MAX_BATCH_EVENTS, IngestResult
 from smartflow.control.services.prices import PriceCatalogIn, PriceCatalogOut
-from smartflow.core.errors import AuthenticationError
+from smartflow.core.errors import AuthenticationError, SmartflowError
 
 __all__ = ["ANALYTICS_OPERATIONS", "EVENTS_PATH"]
 
@@ -280,14 +281,27 @@ def _epoch_ms(moment: Any) -> int:
 
 
 async def _ingest(call: Call) -> IngestOut:
+    metrics = call.request.app.get(METRICS_KEY)
+    started = time.perf_counter()
+    try:
+        result = await _ingest_batch(call)
+    except SmartflowError as exc:
+        if metrics is not None:
+            metrics.record_rejected(time.perf_counter() - started, exc.code)
+        raise
+    if metrics is not None:
+        metrics.record_ingest(time.perf_counter() - started, result.stored, result.duplicates)
+    return IngestOut(received=result.received, stored=result.stored, duplicates=result.duplicates)
+
+
+async def _ingest_batch(call: Call) -> IngestResult:
     scheme, _, credential = call.request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         raise AuthenticationError(
             "missing instance credential: send 'Authorization: Bearer <credential>'"
         )
     instance = await call.plane.access.authenticate_instance(credential.strip())
-    result = await call.plane.ingest.ingest(call.body, instance)
-    return IngestOut(received=result.received, stored=result.stored, duplicates=result.duplicates)
+    return await call.plane.ingest.ingest(call.body, instance)
 
 
 def _grouped_filter(call: Call) -> EventFilter:

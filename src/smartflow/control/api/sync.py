@@ -2,8 +2,8 @@
 
 On connect the stream sends the newest version. It sends each later version as soon as
 this process makes it. A version made by another process sharing the database is found
-by polling, within ``sync_poll_interval_s``. The instance's replies are recorded as its
-sync state.
+by one poller per process, within ``sync_poll_interval_s``. The instance's replies are
+recorded as its sync state, in batched writes shared by all streams.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class StreamRegistry:
 
     def is_connected(self, name: str) -> bool:
         return name in self._streams
+
+    @property
+    def connected_count(self) -> int:
+        return len(self._streams)
 
     async def register(self, name: str, stream: web.WebSocketResponse) -> None:
         previous = self._streams.get(name)
@@ -93,7 +97,7 @@ async def sync_stream(call: Call) -> web.StreamResponse:
         await session.run()
     finally:
         if registry.unregister(instance.name, stream):
-            await plane.instances.record_disconnected(instance.id)
+            plane.instances.record_disconnected(instance.id)
         logger.info("sync stream of instance %s closed", instance.name)
     return stream
 
@@ -120,19 +124,19 @@ class _SyncSession:
     async def _push(self) -> None:
         plane = self._plane
         try:
-            await self._send(await plane.instances.head())
-            touched = time.monotonic()
-            while not self._stream.closed:
-                await plane.notifier.wait_newer(
-                    self._last_sent, plane.settings.sync_poll_interval_s
-                )
-                head = await plane.instances.head()
-                if head > self._last_sent:
-                    await self._send(head)
-                    touched = time.monotonic()
-                elif time.monotonic() - touched >= SEEN_INTERVAL_S:
-                    await plane.instances.record_seen(self._instance.id)
-                    touched = time.monotonic()
+            async with plane.instances.watching_head():
+                await self._send(await plane.instances.head())
+                touched = time.monotonic()
+                while not self._stream.closed:
+                    # The notifier announces this process's versions at once and, through
+                    # the shared head poller, other processes' versions within a poll interval.
+                    head = await plane.notifier.wait_newer(self._last_sent, SEEN_INTERVAL_S)
+                    if head > self._last_sent:
+                        await self._send(head)
+                        touched = time.monotonic()
+                    elif time.monotonic() - touched >= SEEN_INTERVAL_S:
+                        plane.instances.record_seen(self._instance.id)
+                        touched = time.monotonic()
         except ConnectionResetError:
             logger.info("sync stream of instance %s closed while sending", self._instance.name)
         except Exception:
@@ -140,12 +144,12 @@ class _SyncSession:
             await self._stream.close(code=1011, message=b"internal error")
 
     async def _send(self, version: int) -> None:
-        message = await self._plane.instances.signed_snapshot(self._instance, version)
-        # Recorded before sending, so a fast reply cannot be overwritten by "syncing".
-        await self._plane.instances.record_sent(self._instance.id, version)
+        message = await self._plane.instances.snapshot_message(self._instance, version)
+        # Queued before sending, so a fast reply cannot be overwritten by "syncing".
+        self._plane.instances.record_sent(self._instance.id, version)
         self._sent.add(version)
         self._last_sent = version
-        await self._stream.send_str(message.model_dump_json())
+        await self._stream.send_str(message)
 
     async def _receive(self) -> None:
         async for message in self._stream:
@@ -169,7 +173,7 @@ class _SyncSession:
         if reply.version not in self._sent:
             await self._error(f"version {reply.version} was not sent on this stream")
             return
-        await self._plane.instances.record_reply(self._instance, reply)
+        self._plane.instances.record_reply(self._instance, reply)
 
     async def _error(self, text: str) -> None:
         logger.info("sync message from instance %s rejected: %s", self._instance.name, text)

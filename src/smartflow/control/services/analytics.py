@@ -452,6 +452,8 @@ def event_view(row: EventRow) -> dict[str, Any]:
         "started_at": rfc3339(row.started_ms),
         "instance": row.instance,
         "site": row.site,
+        "entry_instance": row.entry_instance,
+        "entry_site": row.entry_site,
         "operation": row.operation,
         "dialect": row.dialect,
         "key": row.key_name,

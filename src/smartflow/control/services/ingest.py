@@ -88,14 +88,27 @@ def _count(data: Mapping[str, Any], name: str, where: str) -> int:
     return value
 
 
+# The longest duration an event may report, in milliseconds: one week. A larger value is
+# a broken clock or a forged event, and it would distort every percentile and mean.
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+
+
 def _number(
-    data: Mapping[str, Any], name: str, where: str, *, optional: bool = False
+    data: Mapping[str, Any],
+    name: str,
+    where: str,
+    *,
+    maximum: float,
+    unit: str = "",
+    optional: bool = False,
 ) -> float | None:
     value = data.get(name)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise _Invalid(f"{where}{name}", f"must be a non-negative number, not {value!r:.40}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
+        raise _Invalid(
+            f"{where}{name}", f"must be a number{unit} from 0 to {maximum:g}, not {value!r:.40}"
+        )
     return float(value)
 
 
@@ -206,6 +219,8 @@ def _usage_row(data: Mapping[str, Any], where: str, site: str, now_ms: int) -> d
         "received_ms": now_ms,
         "instance": _text(data, "instance", where, required=True),
         "site": site,
+        "entry_instance": _text(data, "entry_instance", where),
+        "entry_site": _text(data, "entry_site", where),
         "operation": _text(data, "operation", where, limit=32) or "chat",
         "dialect": _text(data, "dialect", where, required=True, limit=32),
         "key_name": _text(data, "key_name", where),
@@ -222,8 +237,12 @@ def _usage_row(data: Mapping[str, Any], where: str, site: str, now_ms: int) -> d
         "price_missing": _flag(data, "price_missing", where),
         "price_as_of": _text(data, "price_as_of", where, limit=32),
         "price_version": _text(data, "price_version", where, limit=64),
-        "latency_ms": _number(data, "latency_ms", where),
-        "ttft_ms": _number(data, "ttft_ms", where, optional=True),
+        "latency_ms": _number(
+            data, "latency_ms", where, maximum=MAX_DURATION_MS, unit=" of milliseconds"
+        ),
+        "ttft_ms": _number(
+            data, "ttft_ms", where, maximum=MAX_DURATION_MS, unit=" of milliseconds", optional=True
+        ),
         "stream": _flag(data, "stream", where),
         "cache": _choice(data, "cache", where, _CACHE_RESULTS),
         "fallbacks": _fallbacks(attempts, where),
@@ -240,9 +259,8 @@ def _usage_row(data: Mapping[str, Any], where: str, site: str, now_ms: int) -> d
 
 
 def _feedback_row(data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    score = _number(data, "score", where)
-    if score is None or score > 1:
-        raise _Invalid(f"{where}score", "must be a number from 0 to 1")
+    score = _number(data, "score", where, maximum=1)
+    assert score is not None  # not optional
     return {
         "feedback_id": _text(data, "event_id", where, required=True, limit=36),
         "request_id": _text(data, "request_id", where, required=True),

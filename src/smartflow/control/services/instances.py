@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from smartflow.control.models import InstanceOut
 from smartflow.control.services.context import Actor
-from smartflow.control.services.snapshots import head_version, instance_snapshot, load_version
+from smartflow.control.services.snapshots import PreparedVersion, head_version, load_version
+from smartflow.control.services.status import StatusWriter
 from smartflow.control.services.transactions import Store
 from smartflow.control.store.crypto import SecretBox
 from smartflow.control.store.tables import InstanceRow, utc_now
 from smartflow.core.errors import InternalError, NotFound
-from smartflow.sync.protocol import SnapshotMessage, SyncReply
-from smartflow.sync.signing import SigningKey, sign_snapshot
+from smartflow.sync.protocol import SyncReply
+from smartflow.sync.signing import SigningKey, sign_canonical_snapshot
 
-__all__ = ["MAX_ERROR_CHARS", "InstanceService"]
+__all__ = ["MAX_ERROR_CHARS", "PREPARED_VERSIONS", "InstanceService"]
 
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 4000
 """Maximum length, in characters, of the rejection error stored per instance; longer ones
 are truncated."""
+PREPARED_VERSIONS = 2
+"""Snapshot versions kept ready to send; an older one is read from the store again."""
 
 
 class InstanceService:
@@ -33,11 +39,17 @@ class InstanceService:
         box: SecretBox,
         signing_key: SigningKey,
         is_connected: Callable[[str], bool],
+        poll_interval_s: float = 5.0,
     ) -> None:
         self._store = store
         self._box = box
         self._signing_key = signing_key
         self._is_connected = is_connected
+        self._poll_interval_s = poll_interval_s
+        self._status = StatusWriter(store)
+        self._versions: dict[int, asyncio.Future[PreparedVersion]] = {}
+        self._watchers = 0
+        self._poller: asyncio.Task[None] | None = None
 
     async def list_all(self) -> list[InstanceOut]:
         async with self._store.read() as session:
@@ -60,41 +72,98 @@ class InstanceService:
             tx.audit("delete", "instance", name, before, None)
         logger.info("instance %s deleted by %s; its credential no longer works", name, actor.name)
 
-    async def signed_snapshot(self, instance: InstanceRow, version: int) -> SnapshotMessage:
-        """Return snapshot ``version`` for ``instance``, signed.
+    async def snapshot_message(self, instance: InstanceRow, version: int) -> str:
+        """Return the JSON text of the signed message carrying snapshot ``version`` for
+        ``instance``.
+
+        The version is read from the store once for all streams, and its content is
+        serialised once per site. Only the signature is made per instance.
 
         Raises:
             InternalError: the version is no longer stored.
+            SecretDecryptionError: stored credentials do not decrypt with the configured keys.
         """
+        prepared = await self._prepared(version)
+        canonical = prepared.canonical_snapshot(instance.name, instance.site)
+        return sign_canonical_snapshot(canonical, self._signing_key)
+
+    async def _prepared(self, version: int) -> PreparedVersion:
+        loading = self._versions.get(version)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(version))
+            self._versions[version] = loading
+            for old in sorted(self._versions)[:-PREPARED_VERSIONS]:
+                del self._versions[old]
+        try:
+            # Shielded: a stream closed while waiting must not cancel the load for the others.
+            return await asyncio.shield(loading)
+        except Exception:
+            # Not cached, so the next stream that needs the version reads it again.
+            if self._versions.get(version) is loading:
+                del self._versions[version]
+            raise
+
+    async def _load(self, version: int) -> PreparedVersion:
         async with self._store.read() as session:
             row = await load_version(session, version)
         if row is None:
             raise InternalError(f"snapshot version {version} is not stored")
-        data = instance_snapshot(row, instance.name, instance.site, self._box)
-        return sign_snapshot(data, self._signing_key)
+        return PreparedVersion(row, self._box)
 
     async def head(self) -> int:
+        """Read the newest snapshot version from the store, and announce it to the streams
+        of this process if another process made it."""
         async with self._store.read() as session:
-            return await head_version(session)
+            version = await head_version(session)
+        self._store.notifier.publish(version)
+        return version
 
-    async def record_sent(self, instance_id: int, version: int) -> None:
-        await self._update(instance_id, sync_state="syncing", last_seen=utc_now())
+    @asynccontextmanager
+    async def watching_head(self) -> AsyncIterator[None]:
+        """Poll the store for the newest version while at least one stream is open.
+
+        One task per process reads the head every ``poll_interval_s`` and announces a
+        version made by another process sharing the database. The streams wait on the
+        notifier and do not read the store themselves.
+        """
+        self._watchers += 1
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_head(), name="sync-head-poller")
+        try:
+            yield
+        finally:
+            self._watchers -= 1
+            if self._watchers == 0 and self._poller is not None:
+                self._poller.cancel()
+                self._poller = None
+
+    async def _poll_head(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self.head()
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("reading the newest snapshot version failed: %r; retrying", exc)
+
+    def record_sent(self, instance_id: int, version: int) -> None:
+        self._status.record(instance_id, sync_state="syncing", last_seen=utc_now())
         logger.info("sent snapshot version %d to instance id %d", version, instance_id)
 
-    async def record_reply(self, instance: InstanceRow, reply: SyncReply) -> None:
+    def record_reply(self, instance: InstanceRow, reply: SyncReply) -> None:
         if reply.error is not None:
             error = reply.error[:MAX_ERROR_CHARS]
             logger.warning(
                 "instance %s rejected snapshot version %d: %s", instance.name, reply.version, error
             )
-            await self._update(
+            self._status.record(
                 instance.id, sync_state="rejected", last_error=error, last_seen=utc_now()
             )
             return
-        head = await self.head()
-        state = "in_sync" if reply.version >= head else "syncing"
+        # The notifier contains the newest version this process has seen, from its own writes
+        # and from polling. Another process's newer version shows up at the next poll.
+        state = "in_sync" if reply.version >= self._store.notifier.version else "syncing"
         logger.info("instance %s applied snapshot version %d", instance.name, reply.version)
-        await self._update(
+        self._status.record(
             instance.id,
             sync_state=state,
             applied_version=reply.version,
@@ -102,19 +171,23 @@ class InstanceService:
             last_seen=utc_now(),
         )
 
-    async def record_seen(self, instance_id: int) -> None:
-        await self._update(instance_id, last_seen=utc_now())
+    def record_seen(self, instance_id: int) -> None:
+        self._status.record(instance_id, last_seen=utc_now())
 
-    async def record_disconnected(self, instance_id: int) -> None:
-        await self._update(instance_id, sync_state="disconnected", last_seen=utc_now())
+    def record_disconnected(self, instance_id: int) -> None:
+        self._status.record(instance_id, sync_state="disconnected", last_seen=utc_now())
 
-    async def _update(self, instance_id: int, **values: object) -> None:
-        # Sync events are status, not configuration: no audit entry and no snapshot version.
-        # An instance deleted while connected matches no row; its stream is being closed.
-        async with self._store.write_status() as session:
-            await session.execute(
-                update(InstanceRow).where(InstanceRow.id == instance_id).values(**values)
-            )
+    async def flush_status(self) -> None:
+        """Wait until the sync status recorded so far is written (or dropped after
+        repeated failures, which are logged)."""
+        await self._status.flush()
+
+    async def close(self) -> None:
+        """Stop polling and write the sync status still queued."""
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        await self._status.close()
 
     def _out(self, row: InstanceRow, head: int) -> InstanceOut:
         return InstanceOut(

@@ -95,27 +95,34 @@ class ObjectService:
             ObjectInvalid: the name or body is invalid, or refers to a missing object.
             Conflict: a concurrent change or a uniqueness rule prevents the write.
         """
+        async with self._store.write(actor) as tx:
+            return await self.put_in(tx, kind, name, body)
+
+    async def put_in(
+        self, tx: WriteTransaction, kind: Kind[Any], name: str, body: BaseModel
+    ) -> PutResult:
+        """Create or replace the object ``name`` within the open write ``tx``, so several
+        changes make one snapshot version; see :meth:`put`."""
         if not re.fullmatch(kind.name_pattern, name):
             raise ObjectInvalid.one("name", f"invalid {kind.title} name {name!r}")
-        async with self._store.write(actor) as tx:
-            existing = await tx.session.scalar(select(kind.row).where(kind.row.name == name))
-            prepared = await kind.prepare(tx, self._box, name, body, existing)
-            if existing is not None and _unchanged(existing, prepared):
-                unchanged = await kind.view(tx.session, existing)
-                return PutResult(kind.view_model.model_validate(unchanged), created=False)
-            before = await kind.view(tx.session, existing) if existing is not None else None
-            row = existing if existing is not None else kind.row(name=name)
-            row.spec = prepared.spec
-            for column, value in prepared.columns.items():
-                setattr(row, column, value)
-            row.updated_at = utc_now()
-            if existing is None:
-                tx.session.add(row)
-            await tx.session.flush()
-            after = await kind.view(tx.session, row)
-            action = "create" if existing is None else "update"
-            tx.audit(action, kind.object_type, name, before, after)
-            tx.changed(f"{action} {kind.object_type} {name}")
+        existing = await tx.session.scalar(select(kind.row).where(kind.row.name == name))
+        prepared = await kind.prepare(tx, self._box, name, body, existing)
+        if existing is not None and _unchanged(existing, prepared):
+            unchanged = await kind.view(tx.session, existing)
+            return PutResult(kind.view_model.model_validate(unchanged), created=False)
+        before = await kind.view(tx.session, existing) if existing is not None else None
+        row = existing if existing is not None else kind.row(name=name)
+        row.spec = prepared.spec
+        for column, value in prepared.columns.items():
+            setattr(row, column, value)
+        row.updated_at = utc_now()
+        if existing is None:
+            tx.session.add(row)
+        await tx.session.flush()
+        after = await kind.view(tx.session, row)
+        action = "create" if existing is None else "update"
+        tx.audit(action, kind.object_type, name, before, after)
+        tx.changed(f"{action} {kind.object_type} {name}")
         view = kind.view_model.model_validate({**after, **prepared.once})
         return PutResult(view, created=existing is None)
 

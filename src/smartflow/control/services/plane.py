@@ -73,7 +73,9 @@ class ControlPlane:
             objects=ObjectService(store, box),
             policies=PolicyService(store),
             access=AccessService(store, settings.enrollment_token_max_ttl_s),
-            instances=InstanceService(store, box, signing_key, is_connected),
+            instances=InstanceService(
+                store, box, signing_key, is_connected, settings.sync_poll_interval_s
+            ),
             history=HistoryService(store),
             ingest=IngestService(database),
             analytics=AnalyticsService(store),
@@ -98,4 +100,5 @@ class ControlPlane:
         await self.access.bootstrap(token, self.settings.state_dir)
 
     async def close(self) -> None:
+        await self.instances.close()
         await self.database.close()

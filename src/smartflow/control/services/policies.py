@@ -13,7 +13,7 @@ from smartflow.control.models import PolicyOut, PolicyVersionOut
 from smartflow.control.services.context import Actor
 from smartflow.control.services.errors import Issue, ObjectInvalid
 from smartflow.control.services.snapshots import current_policies
-from smartflow.control.services.transactions import Store
+from smartflow.control.services.transactions import Store, WriteTransaction
 from smartflow.control.store.tables import PolicyRow, utc_now
 from smartflow.core.errors import NotFound
 from smartflow.policy.documents import PolicyDocument, PolicyValidationError, validate_documents
@@ -78,32 +78,42 @@ class PolicyService:
                 another current policy.
         """
         document = self._validate(name, data)
-        stored = document.to_dict()
         async with self._store.write(actor) as tx:
-            newest = await self._newest(tx.session, name)
-            if newest is not None and not newest.deleted and newest.document == stored:
-                return _out(newest), False
-            others = [
-                PolicyDocument.model_validate(row.document)
-                for row in await current_policies(tx.session)
-                if row.name != name
-            ]
-            try:
-                await asyncio.to_thread(_compile, [*others, document])
-            except PolicyValidationError as exc:
-                raise ObjectInvalid(_issues(exc)) from None
-            row = PolicyRow(
-                name=name,
-                version=(newest.version if newest is not None else 0) + 1,
-                document=stored,
-                deleted=False,
-                author=actor.name,
-                created_at=utc_now(),
-            )
-            tx.session.add(row)
-            before = newest.document if newest is not None and not newest.deleted else None
-            tx.audit("update" if before else "create", "policy", name, before, stored)
-            tx.changed(f"apply policy {name} version {row.version}")
+            return await self._put_document(tx, name, document)
+
+    async def put_in(self, tx: WriteTransaction, name: str, data: Any) -> tuple[PolicyOut, bool]:
+        """Store policy ``name`` within the open write ``tx``, so several changes make one
+        snapshot version; see :meth:`put`."""
+        return await self._put_document(tx, name, self._validate(name, data))
+
+    async def _put_document(
+        self, tx: WriteTransaction, name: str, document: PolicyDocument
+    ) -> tuple[PolicyOut, bool]:
+        stored = document.to_dict()
+        newest = await self._newest(tx.session, name)
+        if newest is not None and not newest.deleted and newest.document == stored:
+            return _out(newest), False
+        others = [
+            PolicyDocument.model_validate(row.document)
+            for row in await current_policies(tx.session)
+            if row.name != name
+        ]
+        try:
+            await asyncio.to_thread(_compile, [*others, document])
+        except PolicyValidationError as exc:
+            raise ObjectInvalid(_issues(exc)) from None
+        row = PolicyRow(
+            name=name,
+            version=(newest.version if newest is not None else 0) + 1,
+            document=stored,
+            deleted=False,
+            author=tx.actor.name,
+            created_at=utc_now(),
+        )
+        tx.session.add(row)
+        before = newest.document if newest is not None and not newest.deleted else None
+        tx.audit("update" if before else "create", "policy", name, before, stored)
+        tx.changed(f"apply policy {name} version {row.version}")
         return _out(row), True
 
     async def delete(self, name: str, actor: Actor) -> None:

@@ -3,11 +3,11 @@ credentials of that instance's site."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,11 +32,11 @@ from smartflow.core.errors import InternalError
 from smartflow.sync.protocol import SNAPSHOT_FORMAT, CacheSettings, SnapshotContent, canonical_json
 
 __all__ = [
+    "PreparedVersion",
     "build_content",
     "content_sha256",
     "current_policies",
     "head_version",
-    "instance_snapshot",
     "load_version",
 ]
 
@@ -143,26 +143,52 @@ def content_sha256(content: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(content)).hexdigest()
 
 
-def instance_snapshot(
-    version: SnapshotVersionRow, instance: str, site: str, box: SecretBox
-) -> dict[str, Any]:
-    """Return snapshot data of ``version`` for one instance.
+class PreparedVersion:
+    """One snapshot version made ready to send: its content serialised once per site.
 
-    Only providers whose site is ``site`` carry their decrypted credentials.
-
-    Raises:
-        SecretDecryptionError: stored credentials do not decrypt with the configured keys.
+    Each instance still gets its own signature, because the signed snapshot names the
+    instance and its site and an instance rejects a copy made for another. The canonical
+    content, which is most of the bytes, is serialised once per site. Only the short
+    envelope and the Ed25519 signature are made per instance.
     """
-    content = copy.deepcopy(version.content)
-    for name, provider in content["providers"].items():
-        token = version.credentials.get(name)
-        if provider["site"] == site and token:
-            provider["credentials"] = box.decrypt(token)
-    return {
-        "format": SNAPSHOT_FORMAT,
-        "version": version.version,
-        "created_at": version.created_at.isoformat(),
-        "instance": instance,
-        "site": site,
-        "content": content,
-    }
+
+    def __init__(self, row: SnapshotVersionRow, box: SecretBox) -> None:
+        self.version = row.version
+        self._created_at = row.created_at.isoformat()
+        self._content = row.content
+        self._credentials = dict(row.credentials)
+        self._box = box
+        self._by_site: dict[str, orjson.Fragment] = {}
+
+    def site_content(self, site: str) -> orjson.Fragment:
+        """Return the canonical JSON of the content for ``site``: only providers at
+        ``site`` carry their decrypted credentials.
+
+        Raises:
+            SecretDecryptionError: stored credentials do not decrypt with the configured keys.
+        """
+        cached = self._by_site.get(site)
+        if cached is not None:
+            return cached
+        providers = dict(self._content["providers"])
+        for name, provider in providers.items():
+            token = self._credentials.get(name)
+            if provider["site"] == site and token:
+                providers[name] = {**provider, "credentials": self._box.decrypt(token)}
+        content = {**self._content, "providers": providers}
+        fragment = orjson.Fragment(canonical_json(content))
+        self._by_site[site] = fragment
+        return fragment
+
+    def canonical_snapshot(self, instance: str, site: str) -> bytes:
+        """Return the canonical JSON of the snapshot for one instance: the bytes it signs."""
+        return canonical_json(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "version": self.version,
+                "created_at": self._created_at,
+                "instance": instance,
+                "site": site,
+                "content": self.site_content(site),
+            }
+        )

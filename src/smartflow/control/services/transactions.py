@@ -65,6 +65,8 @@ class Store:
         self.notifier = notifier
         self._retention = snapshot_retention
         self._write_lock = asyncio.Lock()
+        self.versions_made = 0
+        """Snapshot versions this process committed since it started."""
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -106,6 +108,7 @@ class Store:
                     "read the current state and try again"
                 ) from exc
         if published is not None:
+            self.versions_made += 1
             self.notifier.publish(published)
 
     async def _new_version(

@@ -287,6 +287,10 @@ class EventRow(Base):
     received_ms: Mapped[int] = mapped_column(BigInteger)
     instance: Mapped[str] = mapped_column(String(NAME_LENGTH))
     site: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    entry_instance: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
+    """The instance that received the request and forwarded it to ``instance`` by linked
+    routing, else None."""
+    entry_site: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
     operation: Mapped[str] = mapped_column(String(32))
     dialect: Mapped[str] = mapped_column(String(32))
     key_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)

@@ -9,6 +9,7 @@ import ahocorasick  # type: ignore[import-not-found]  # the package ships no stu
 
 from smartflow.core.errors import ConfigError
 from smartflow.policy.detectors._base import Finding, ScanContext, is_spaceless_script
+from smartflow.policy.patterns import PolicyRegex, PolicyRegexError, compile_policy_regex
 
 __all__ = ["CustomPatternDetector", "WordListDetector", "validate_entity_name"]
 
@@ -41,16 +42,15 @@ class CustomPatternDetector:
     keywords: Mapping[str, tuple[str, ...]] = {}
     anchors: Mapping[str, tuple[str, ...]] = {}
 
-    def __init__(self, patterns: Mapping[str, str | re.Pattern[str]]) -> None:
-        compiled: list[tuple[str, re.Pattern[str]]] = []
+    def __init__(self, patterns: Mapping[str, str]) -> None:
+        compiled: list[tuple[str, PolicyRegex]] = []
         for name, pattern in patterns.items():
             entity = validate_entity_name(name)
             try:
-                regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
-            except re.error as exc:
+                regex = compile_policy_regex(pattern)
+            except PolicyRegexError as exc:
                 raise ConfigError(
-                    f"invalid regular expression for custom entity {entity}: {exc}",
-                    param="custom_patterns",
+                    f"custom entity {entity}: {exc}", param="custom_patterns"
                 ) from exc
             compiled.append((entity, regex))
         self._patterns = tuple(compiled)
@@ -58,12 +58,11 @@ class CustomPatternDetector:
 
     def find(self, scan: ScanContext) -> list[Finding]:
         findings: list[Finding] = []
+        text = scan.text
         for entity, regex in self._patterns:
-            has_value = "value" in regex.groupindex
-            for match in regex.finditer(scan.text):
-                start, end = match.span("value") if has_value else match.span()
+            for start, end in regex.spans(text):
                 if start < end:
-                    findings.append(Finding(entity, start, end, scan.text[start:end]))
+                    findings.append(Finding(entity, start, end, text[start:end]))
         return findings
 
 

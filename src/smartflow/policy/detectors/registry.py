@@ -4,7 +4,6 @@ findings for a text."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -155,7 +154,7 @@ class DetectorSet:
     def build(
         cls,
         entities: Iterable[str] | None = None,
-        custom_patterns: Mapping[str, str | re.Pattern[str]] | None = None,
+        custom_patterns: Mapping[str, str] | None = None,
         word_lists: Mapping[str, Iterable[str]] | None = None,
         *,
         phone_regions: Sequence[str] = ("US",),
