@@ -489,8 +489,10 @@ def test_keys_hash_matches_library() -> None:
 
 def test_control_plane_command_serves_openapi(tmp_path: Path) -> None:
     port = _free_port()
+    state_dir = tmp_path / "cp"
+    token = "sf-admin-not-read"
     process = subprocess.Popen(
-        [*SMARTFLOW, "control-plane", "--port", str(port), "--state-dir", str(tmp_path / "cp")],
+        [*SMARTFLOW, "control-plane", "--port", str(port), "--state-dir", str(state_dir)],
         env=_clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -502,11 +504,19 @@ def test_control_plane_command_serves_openapi(tmp_path: Path) -> None:
             spec = json.loads(reply.read())
         assert spec["openapi"].startswith("3.1")
         assert "/v1/sync" in spec["paths"]
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("Admin token (role admin, shown only")
+        token = process.stdout.readline().strip()
+        assert token.startswith("sf-admin-")
+        assert _instances(f"http://127.0.0.1:{port}", token) == {}
     finally:
         process.terminate()
-        process.communicate(timeout=10)
-    token_file = tmp_path / "cp" / "initial-admin-token"
-    assert token_file.stat().st_mode & 0o077 == 0
+        _, stderr = process.communicate(timeout=10)
+    # The first admin token is shown once and never stored or logged in clear.
+    assert token not in stderr
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
 
 
 async def test_up_with_postgres(tmp_path: Path) -> None:

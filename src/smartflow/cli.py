@@ -296,6 +296,14 @@ async def _run_control_plane(args: argparse.Namespace) -> None:
     except ValidationError as exc:
         raise ConfigError(f"invalid control plane options: {exc.errors()[0]['msg']}") from exc
     running = await start_control_plane(settings)
+    token = running.plane.initial_admin_token
+    if token is not None:
+        # On the console only, never in a log line or a file.
+        sys.stdout.write(
+            f"Admin token (role admin, shown only this once; keep it in a secret store):\n"
+            f"{token}\n"
+        )
+        sys.stdout.flush()
     try:
         await _wait_for_signal()
     finally:

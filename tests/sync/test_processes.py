@@ -16,8 +16,16 @@ import aiohttp
 import pytest
 import yaml
 
+from smartflow.config.schema import ControlPlaneLinkSettings
+from smartflow.sync.state import LinkFiles
 from tests.control.conftest import ADMIN_TOKEN, Api, wait_for
-from tests.sync.conftest import BLOCK_EMAIL_POLICY, EMAIL_PROMPT, add_virtual_key, chat
+from tests.sync.conftest import (
+    BLOCK_EMAIL_POLICY,
+    EMAIL_PROMPT,
+    CuttingProxy,
+    add_virtual_key,
+    chat,
+)
 
 PROVIDER_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISSING_KEY_VAR")
 
@@ -266,3 +274,55 @@ async def test_linked_instances_end_to_end(
             "cloud": "in_sync",
             "onprem": "in_sync",
         }
+
+
+def _saved_version(state_dir: Path) -> int:
+    """Return the version of the snapshot an instance saved, read back and verified."""
+    files = LinkFiles(state_dir, ControlPlaneLinkSettings.model_fields["secret_key_env"].default)
+    enrollment = files.load_enrollment()
+    assert enrollment is not None
+    saved = files.load_snapshot({enrollment.verify_key.key_id: enrollment.verify_key})
+    assert saved is not None
+    return saved.snapshot.version
+
+
+async def test_instance_process_ignores_snapshot_cut_mid_transfer(
+    tmp_path: Path, api: Api, simulator: str, processes: Processes
+) -> None:
+    await _configure(api, simulator)
+    token = (await api.ok("POST", "/v1/enrollment-tokens", json={"site": "on-prem"}))["token"]
+    proxy = CuttingProxy(api.url)
+    await proxy.start()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    state_dir = tmp_path / "onprem"
+    args = ["gateway", "--control-plane", proxy.url, "--name", "onprem", "--site", "on-prem"]
+    args += ["--port", str(port), "--state-dir", str(state_dir), "--enroll-token", token]
+    try:
+        await processes.start("onprem", *args)
+        async with aiohttp.ClientSession() as http:
+            await _wait_healthy(http, url, processes, "onprem")
+            good = (await api.ok("GET", "/healthz"))["version"]
+            await _converged(http, [url], good)
+            assert _saved_version(state_dir) == good
+
+            proxy.cut_after(300)
+            await api.ok("PUT", "/v1/policies/no-email", json=BLOCK_EMAIL_POLICY)
+            head = (await api.ok("GET", "/healthz"))["version"]
+
+            async def cut() -> bool:
+                return proxy.cuts == 1
+
+            await wait_for(cut)
+            # The instance process applied and saved nothing of the cut message.
+            assert (await _health(http, url))["version"] == good
+            assert _saved_version(state_dir) == good
+            status, body = await chat(http, url, EMAIL_PROMPT)
+            assert status == 200, body
+
+            # It reconnects, receives the whole version and enforces it.
+            await _converged(http, [url], head)
+            status, body = await chat(http, url, EMAIL_PROMPT)
+            assert status == 400, body
+    finally:
+        await proxy.stop()

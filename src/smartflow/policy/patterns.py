@@ -22,7 +22,7 @@ _VALUE_GROUP = "value"
 
 
 class PolicyRegexError(ValueError):
-    """A pattern RE2 cannot compile; the message says why and what to change."""
+    """A pattern RE2 cannot compile; the message gives the reason and the fix."""
 
 
 @dataclass(frozen=True, slots=True)

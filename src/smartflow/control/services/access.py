@@ -6,10 +6,8 @@ Every token is 256 random bits and stored only as its SHA-256, so a plain hash s
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import func, select, update
 
@@ -32,11 +30,10 @@ from smartflow.control.store.tables import (
     InstanceRow,
     utc_now,
 )
-from smartflow.core.errors import AuthenticationError, ConfigError, NotFound, PermissionDenied
+from smartflow.core.errors import AuthenticationError, NotFound, PermissionDenied
 
 __all__ = [
     "ADMIN_TOKEN_PREFIX",
-    "BOOTSTRAP_TOKEN_FILE",
     "ENROLLMENT_TOKEN_PREFIX",
     "INSTANCE_CREDENTIAL_PREFIX",
     "AccessService",
@@ -47,7 +44,6 @@ logger = logging.getLogger(__name__)
 ADMIN_TOKEN_PREFIX = "sf-admin-"
 ENROLLMENT_TOKEN_PREFIX = "sf-enroll-"
 INSTANCE_CREDENTIAL_PREFIX = "sf-inst-"
-BOOTSTRAP_TOKEN_FILE = "initial-admin-token"
 BOOTSTRAP_TOKEN_NAME = "bootstrap"
 
 _ENROLL_FAILED = "enrollment token is invalid, expired or already used; ask an admin for a new one"
@@ -94,21 +90,20 @@ class AccessService:
 
     # --- admin tokens ---------------------------------------------------------------------
 
-    async def bootstrap(self, token: str | None, state_dir: Path) -> None:
+    async def bootstrap(self, token: str | None) -> str | None:
         """Register a first admin token when the store has none.
 
-        ``token`` is registered as given; without it a new token is written to
-        ``state_dir/initial-admin-token`` with mode 0600 (never logged).
+        ``token`` is registered as given. Without it a new token is made and returned, so
+        the caller can show it once to the operator; it is never logged or written to
+        disk. Returns None when no new token was made.
         """
+        created = None
         async with self._store.write(SYSTEM) as tx:
             count = await tx.session.scalar(select(func.count()).select_from(AdminTokenRow))
             if count:
-                return
-            path = None
+                return None
             if token is None:
-                token = _new_token(ADMIN_TOKEN_PREFIX)
-                path = state_dir / BOOTSTRAP_TOKEN_FILE
-                _write_private(path, token + "\n")
+                token = created = _new_token(ADMIN_TOKEN_PREFIX)
             row = AdminTokenRow(
                 name=BOOTSTRAP_TOKEN_NAME,
                 sha256=hash_key(token),
@@ -119,15 +114,15 @@ class AccessService:
             tx.session.add(row)
             await tx.session.flush()
             tx.audit("create", "admin_token", row.name, None, _admin_out(row).model_dump())
-        if path is not None:
+        if created is not None:
             logger.warning(
-                "no admin token existed: created admin token %r, written to %s; create named "
-                "tokens with POST /v1/admin-tokens and then delete that file",
+                "no admin token existed: created admin token %r, shown once on the console; "
+                "create named tokens with POST /v1/admin-tokens",
                 BOOTSTRAP_TOKEN_NAME,
-                path,
             )
         else:
             logger.info("registered the configured admin token as %r", BOOTSTRAP_TOKEN_NAME)
+        return created
 
     async def authenticate_admin(self, token: str) -> Actor:
         async with self._store.read() as session:
@@ -292,14 +287,3 @@ class AccessService:
         if row is None:
             raise AuthenticationError("invalid instance credential; enroll the instance again")
         return row
-
-
-def _write_private(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the initial admin token to {path}: {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -45,6 +46,8 @@ class ControlPlane:
     ingest: IngestService
     analytics: AnalyticsService
     prices: PriceService
+    initial_admin_token: str | None = None
+    """The admin token this start made because the store had none, to show once."""
 
     @classmethod
     async def open(
@@ -82,13 +85,14 @@ class ControlPlane:
             prices=PriceService(store),
         )
         try:
-            await plane._initialise()
+            created = await plane._initialise()
         except BaseException:
             await database.close()
             raise
-        return plane
+        return dataclasses.replace(plane, initial_admin_token=created) if created else plane
 
-    async def _initialise(self) -> None:
+    async def _initialise(self) -> str | None:
+        """Make the first snapshot version and admin token if needed; return a new token."""
         async with self.store.write(SYSTEM) as tx:
             if await head_version(tx.session) == 0:
                 tx.changed("initial empty configuration")
@@ -97,7 +101,7 @@ class ControlPlane:
         configured = self.settings.bootstrap_admin_token
         token = configured.get_secret_value() if configured else None
         token = token or os.environ.get(self.settings.admin_token_env, "").strip() or None
-        await self.access.bootstrap(token, self.settings.state_dir)
+        return await self.access.bootstrap(token)
 
     async def close(self) -> None:
         await self.instances.close()
