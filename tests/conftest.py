@@ -115,7 +115,9 @@ async def start_stack(**overrides: Any) -> Stack:
     urls = [await s.start() for s in (openai_sim, azure_sim, anthropic_sim)]
     config = parse_config(stack_config(*urls, **overrides))
     app = build_app(config, environ={"TEST_PROVIDER_KEY": PROVIDER_KEY})
-    gateway = await start_gateway(app, "127.0.0.1", 0)
+    gateway = await start_gateway(
+        app, "127.0.0.1", 0, idle_timeout_s=config.server.idle_timeout_s
+    )
     return Stack(gateway.url, openai_sim, azure_sim, anthropic_sim, gateway)
 
 

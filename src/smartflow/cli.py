@@ -249,7 +249,7 @@ async def _run_gateway(args: argparse.Namespace) -> None:
     app = build_app(config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    running = await start_gateway(app, host, port)
+    running = await start_gateway(app, host, port, idle_timeout_s=config.server.idle_timeout_s)
     settle_heap()
     try:
         await _wait_for_signal()
@@ -300,8 +300,7 @@ async def _run_control_plane(args: argparse.Namespace) -> None:
     if token is not None:
         # On the console only, never in a log line or a file.
         sys.stdout.write(
-            f"Admin token (role admin, shown only this once; keep it in a secret store):\n"
-            f"{token}\n"
+            f"Admin token (role admin, shown only this once; keep it in a secret store):\n{token}\n"
         )
         sys.stdout.flush()
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-
 from typing import Any
 
 import aiohttp
@@ -353,3 +353,20 @@ async def test_model_name_cannot_forge_access_log_lines(
     assert "\n" not in lines[0]
     assert "\u202e" not in lines[0]
     assert "x\\n2026-12-04" in lines[0]
+
+
+async def test_slow_headers_closed_after_idle_timeout() -> None:
+    stack = await start_stack(server={"idle_timeout_s": 0.5})
+    host, port = stack.url.removeprefix("http://").split(":")
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        # The request head never completes; the gateway closes the connection.
+        closed = await asyncio.wait_for(reader.read(), timeout=10)
+        assert closed == b""
+        writer.close()
+        async with aiohttp.ClientSession() as http:
+            await _still_serves(http, stack, OPENAI_PATH)
+    finally:
+        await stop_stack(stack)

@@ -53,6 +53,9 @@ class ServerSettings(_Strict):
     access_log: bool = True
     instance: str = "local"
     site: str = "local"
+    idle_timeout_s: float = Field(15.0, gt=0, le=3600)
+    """Seconds a connection may sit without a complete request before it is closed: after
+    the previous response, or from the start while the headers trickle in."""
 
 
 class ProviderSettings(_Strict):

@@ -245,11 +245,20 @@ class RunningGateway:
         logger.info("gateway at %s stopped", self.url)
 
 
-async def start_gateway(app: web.Application, host: str, port: int) -> RunningGateway:
-    """Serve ``app`` and return once it accepts connections."""
+async def start_gateway(
+    app: web.Application, host: str, port: int, *, idle_timeout_s: float = 15.0
+) -> RunningGateway:
+    """Serve ``app`` and return once it accepts connections.
+
+    ``idle_timeout_s`` closes a connection that has no complete request within that time,
+    whether it is idle between requests or sending its headers slowly.
+    """
     # Cancelling the handler when its client disconnects is what stops an abandoned
-    # upstream stream at once.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # upstream stream at once. aiohttp arms the keep-alive timer when a connection opens,
+    # and only a complete request head stops it, so it also bounds slow headers.
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, keepalive_timeout=idle_timeout_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

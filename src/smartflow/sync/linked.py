@@ -383,9 +383,10 @@ async def start_linked_gateway(
     app.cleanup_ctx.append(lifecycle)
     if config.usage.enabled:
         # The link's URL and credential; batch sizes and waits from usage.shipping if set.
-        tuning = config.usage.shipping or UsageShippingSettings(url=link.url.rstrip("/") + "/v1/events")
+        events_url = link.url.rstrip("/") + "/v1/events"
+        tuning = config.usage.shipping or UsageShippingSettings(url=events_url)
         shipping = ShipperSettings(
-            url=link.url.rstrip("/") + "/v1/events",
+            url=events_url,
             credential=Secret(enrollment.credential),
             instance=name,
             site=site,
@@ -398,6 +399,7 @@ async def start_linked_gateway(
         app,
         host or config.server.host,
         config.server.port if port is None else port,
+        idle_timeout_s=config.server.idle_timeout_s,
     )
     linked = LinkedGateway(running, live, agent, files)
     if wait_for_sync_s is not None:
