@@ -388,6 +388,8 @@ async def test_unreachable_peer_reported(sites: Sites) -> None:
         )
     assert caught.value.status_code == 502
     assert "the instance serving site cloud" in str(caught.value)
+    # The caller learns which site failed, not the peer's address.
+    assert sites.cloud.url.removeprefix("http://") not in str(caught.value)
 
 
 # --- policy runs once, at the entry instance ----------------------------------------------

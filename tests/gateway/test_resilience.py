@@ -98,6 +98,22 @@ async def test_connection_refused_falls_back() -> None:
         await stop_stack(stack)
 
 
+async def test_connection_refused_hides_upstream_address() -> None:
+    stack = await start_stack()
+    address = stack.openai.base_url.removeprefix("http://")
+    try:
+        await stack.openai.stop()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await openai_client(stack.url).chat.completions.create(
+                model="gpt-4o", messages=HELLO
+            )
+    finally:
+        await stop_stack(stack)
+    assert caught.value.status_code == 502
+    assert "Cannot connect to" in str(caught.value)
+    assert address not in str(caught.value)
+
+
 async def test_stream_not_retried_after_first_byte(stack: Stack) -> None:
     stack.openai.faults.append(Fault(disconnect_after=3))
     stream = await openai_client(stack.url).chat.completions.create(

@@ -444,12 +444,15 @@ class PeeringDispatcher(Dispatcher):
 
 def _peer_failed(exc: BaseException, provider: PeerProvider) -> UpstreamError:
     """Map a transport failure on the way to a peer, naming the peer instead of the provider."""
-    where = f"the instance serving site {provider.site} at {provider.url}"
+    where = f"the instance serving site {provider.site}"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"{where} did not respond in time.", provider=provider.name)
     if isinstance(exc, aiohttp.ClientConnectorError):
+        # The peer's address stays in the log, out of the caller's error.
+        logger.warning("cannot connect to %s at %s: %s", where, provider.url, exc.os_error)
         return UpstreamUnavailable(
-            f"Cannot connect to {where}: {exc.os_error}.", provider=provider.name
+            f"Cannot connect to {where}: {exc.os_error.strerror or 'connection failed'}.",
+            provider=provider.name,
         )
     return UpstreamUnavailable(
         f"The connection to {where} failed: {type(exc).__name__}.", provider=provider.name

@@ -132,8 +132,12 @@ def _map_transport_error(
             f"{provider} did not respond within {read_timeout:g} s.", provider=provider
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
+        # The address stays in the log: callers need not learn the internal network.
+        logger.warning(
+            "cannot connect to %s at %s:%s: %s", provider, exc.host, exc.port, exc.os_error
+        )
         return UpstreamUnavailable(
-            f"Cannot connect to {provider} at {exc.host}:{exc.port}: {exc.os_error}.",
+            f"Cannot connect to {provider}: {exc.os_error.strerror or 'connection failed'}.",
             provider=provider,
         )
     return UpstreamUnavailable(
