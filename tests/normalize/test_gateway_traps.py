@@ -511,3 +511,29 @@ async def test_parallel_dropped_with_tool_choice_none(stack: Stack) -> None:
     assert entries(reply.params)["parallel_tool_calls"] == "drop(false)"
     assert stack.last_body("claude")["tool_choice"] == {"type": "none"}
     assert reply.text.startswith("Hello from claude-sonnet-4-5")
+
+
+# --- fields with no canonical form -------------------------------------------------------
+
+
+async def test_untranslatable_field_reported_when_dropped(stack: Stack) -> None:
+    bias = {"1234": -100}
+    reply = await openai_send(stack.url, "claude", max_tokens=50, logit_bias=bias)
+    assert entries(reply.params)["logit_bias"] == "drop(set)"
+    assert "logit_bias" not in stack.last_body("claude")
+    # The same field passes through untouched to a provider of the caller's dialect.
+    reply = await openai_send(stack.url, "gpt-4o", logit_bias=bias)
+    assert "logit_bias" not in entries(reply.params)
+    assert stack.last_body("gpt-4o")["logit_bias"] == bias
+
+
+async def test_untranslatable_field_strict_rejected(stack: Stack) -> None:
+    before = request_count(stack.anthropic)
+    headers = {STRICT_HEADER: "true"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await openai_send(
+            stack.url, "claude", max_tokens=50, logit_bias={"1": 1}, extra_headers=headers
+        )
+    assert error_object(caught.value)["param"] == "logit_bias"
+    assert "no equivalent on anthropic" in error_message(caught.value)
+    assert request_count(stack.anthropic) == before

@@ -47,6 +47,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _PATCHERS = {"openai": openai_requests.patch_body, "anthropic": anthropic_requests.patch_body}
+# The body fields each ingress dialect reads into the canonical request.
+_PARSED_FIELDS = {
+    "openai": openai_requests.PARSED_FIELDS,
+    "anthropic": anthropic_requests.PARSED_FIELDS,
+}
 # The body fields that carry each canonical parameter, per pass-through dialect.
 _PATCH_FIELDS = {
     "openai": openai_requests.PATCH_FIELDS,
@@ -71,6 +76,30 @@ def _alters_body(
     if type(sent) is not type(change.after) or sent != change.after:
         return True
     return any(name in body for name in fields.get(change.param, ()) if name != wire)
+
+
+def _untranslated(exchange: Exchange, target: str, model: str, strict: bool) -> list[Change]:
+    """Record the caller's body fields that a translated request cannot carry.
+
+    Such a field (``logit_bias`` on the way to Claude, say) has no canonical form, so it is
+    dropped; the record puts it in ``x-smartflow-params``. Strict mode rejects it instead.
+    """
+    parsed = _PARSED_FIELDS.get(exchange.dialect)
+    if parsed is None:
+        return []
+    dropped = []
+    for name in exchange.body:
+        if name in parsed:
+            continue
+        if strict:
+            raise InvalidRequest(
+                f"{name} cannot be sent to {model}: it has no equivalent on {target}. Strict "
+                "mode changes nothing; remove it or turn strict mode off.",
+                param=name,
+            )
+        reason = f"{name} has no equivalent on {target}, so it was not sent"
+        dropped.append(Change(name[:64], "drop", "set", None, reason))
+    return dropped
 
 
 class Encoder(Protocol):
@@ -268,6 +297,9 @@ class Dispatcher:
                 patch = _PATCHERS[exchange.dialect]
                 body = patch(body, normalized.request, changed, deployment.model)
         else:
+            normalized.accounting.extend(
+                _untranslated(exchange, provider.kind, deployment.model, exchange.strict_params)
+            )
             body = provider.build_body(normalized.request, deployment.model)
         try:
             return orjson.dumps(body), passthrough

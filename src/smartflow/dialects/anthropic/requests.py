@@ -30,7 +30,14 @@ from smartflow.dialects._validate import (
     expect_str,
 )
 
-__all__ = ["DEFAULT_MAX_TOKENS", "PATCH_FIELDS", "build_request", "parse_request", "patch_body"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "PARSED_FIELDS",
+    "PATCH_FIELDS",
+    "build_request",
+    "parse_request",
+    "patch_body",
+]
 
 # Anthropic requires max_tokens; this is used when a request from another dialect
 # carries none and no capability profile supplies a default.
@@ -240,6 +247,29 @@ def _parse_output_format(body: dict[str, Any]) -> ResponseFormat | None:
     return ResponseFormat(
         "json_schema", schema=expect_dict(fmt.get("schema"), "output_config.format.schema")
     )
+
+
+# The top-level body fields parse_request reads. Any other field reaches an upstream of
+# the same dialect untouched, and is dropped when the request is translated.
+PARSED_FIELDS = frozenset(
+    {
+        "max_tokens",
+        "messages",
+        "metadata",
+        "model",
+        "output_config",
+        "output_format",
+        "stop_sequences",
+        "stream",
+        "system",
+        "temperature",
+        "thinking",
+        "tool_choice",
+        "tools",
+        "top_k",
+        "top_p",
+    }
+)
 
 
 def parse_request(body: dict[str, Any]) -> ChatRequest:

@@ -30,7 +30,14 @@ from smartflow.dialects._validate import (
     expect_str,
 )
 
-__all__ = ["PATCH_FIELDS", "build_request", "parse_request", "patch_body", "split_data_url"]
+__all__ = [
+    "PARSED_FIELDS",
+    "PATCH_FIELDS",
+    "build_request",
+    "parse_request",
+    "patch_body",
+    "split_data_url",
+]
 
 # Dialect roles to canonical ones; "developer" is the newer name for "system".
 _ROLES: dict[str, Role] = {
@@ -229,6 +236,36 @@ def _parse_sampling(body: dict[str, Any]) -> Sampling:
     if get("parallel_tool_calls") is not None:
         s.parallel_tool_calls = expect_bool(body["parallel_tool_calls"], "parallel_tool_calls")
     return s
+
+
+# The top-level body fields parse_request reads. Any other field reaches an upstream of
+# the same dialect untouched, and is dropped when the request is translated.
+PARSED_FIELDS = frozenset(
+    {
+        "frequency_penalty",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "messages",
+        "metadata",
+        "model",
+        "n",
+        "parallel_tool_calls",
+        "presence_penalty",
+        "reasoning_effort",
+        "response_format",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+    }
+)
 
 
 def parse_request(body: dict[str, Any]) -> ChatRequest:
