@@ -81,7 +81,7 @@ def _alters_body(
 def _untranslated(exchange: Exchange, target: str, model: str, strict: bool) -> list[Change]:
     """Record the caller's body fields that a translated request cannot carry.
 
-    Such a field (``logit_bias`` on the way to Claude, say) has no canonical form, so it is
+    Such a field (for example ``logit_bias`` on the way to Claude) has no canonical form, so it is
     dropped; the record puts it in ``x-smartflow-params``. Strict mode rejects it instead.
     """
     parsed = _PARSED_FIELDS.get(exchange.dialect)
