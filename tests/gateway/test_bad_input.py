@@ -167,6 +167,26 @@ CASES = [
         "not_found_error",
         "claude-unknown",
     ),
+    (
+        "openai-data-url-not-base64",
+        OPENAI_PATH,
+        orjson.dumps(
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png,AAAA"}}
+                        ],
+                    }
+                ],
+            }
+        ),
+        400,
+        "invalid_request_error",
+        "data:<media type>;base64,<data>",
+    ),
 ]
 
 

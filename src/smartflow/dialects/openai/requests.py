@@ -79,6 +79,12 @@ def _parse_parts(content: Any, path: str) -> list[Part]:
             inline = split_data_url(url)
             if inline is not None:
                 parts.append(ImagePart(data=inline[1], media_type=inline[0], detail=detail))
+            elif url.startswith("data:"):
+                raise InvalidRequest(
+                    f"Invalid image at '{item_path}.image_url.url': a data URL must have the "
+                    "form data:<media type>;base64,<data>.",
+                    param=f"{item_path}.image_url.url",
+                )
             else:
                 parts.append(ImagePart(url=url, detail=detail))
         elif kind == "refusal":
