@@ -344,3 +344,21 @@ def test_created_series_and_unlabelled_counters() -> None:
     body = metrics.render()[0].decode()
     assert _value(body, "smartflow_requests_created", status="200") > 0
     assert _value(body, "gen_ai_client_operation_duration_seconds_created") > 0
+
+
+def test_repeated_labels_add_to_the_same_series() -> None:
+    # The second and third events reuse the series of the first. The fourth differs in
+    # its status, so it gets a request series of its own.
+    metrics = GatewayMetrics()
+    usage = {"usage_source": "provider", "tokens": TokenCounts(input=10, output=3)}
+    for latency in (100.0, 200.0, 300.0):
+        metrics.record(_event(latency_ms=latency, **usage))
+    metrics.record(_event(status=429, error_type="rate_limited", **usage))
+    body = metrics.render()[0].decode()
+    requests = {"dialect": "openai", "gen_ai_request_model": "gpt-4o"}
+    assert _value(body, "smartflow_requests_total", status="200", error_type="", **requests) == 3
+    assert _value(body, "smartflow_requests_total", status="429", **requests) == 1
+    assert _value(body, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") == 40
+    duration = "gen_ai_client_operation_duration_seconds_sum"
+    assert _value(body, duration, error_type="") == pytest.approx(0.6)
+    assert _value(body, "smartflow_usage_events_total", usage_source="provider") == 4

@@ -72,6 +72,44 @@ def test_event_round_trips_through_json() -> None:
     assert UsageEvent.from_json(raw) == event
 
 
+def test_to_json_matches_dataclass_output() -> None:
+    # to_json writes a dict of the fields. A field added to UsageEvent but not to that
+    # dict makes the two outputs differ.
+    event = _event(
+        entry_instance="gw-2",
+        entry_site="us",
+        key_name="k",
+        team="t",
+        user="u",
+        identity="h",
+        provider="openai",
+        provider_kind="openai",
+        deployment="openai/gpt-4o",
+        model_requested="gpt-4o",
+        model_served="gpt-4o-2024-08-06",
+        tokens=TokenCounts(input=5, output=4, cached_input=3, cache_write=2, reasoning=1),
+        usage_source="provider",
+        cost_usd="0.1",
+        price_missing=True,
+        price_as_of="2026-01-01",
+        price_version="builtin",
+        latency_ms=1.5,
+        ttft_ms=0.5,
+        stream=True,
+        cache="hit",
+        attempts=[AttemptRecord("openai/gpt-4o", "upstream_timeout", 504)],
+        normalization=[{"param": "temperature", "rule": "clamp"}],
+        policy=PolicySummary(policies=["pii"], blocked_by="pii"),
+        finish_reason="length",
+        status=499,
+        error_type="client_disconnected",
+        client_disconnected=True,
+    )
+    assert event.to_json() == orjson.dumps(event)
+    plain = _event()
+    assert plain.to_json() == orjson.dumps(plain)
+
+
 def test_newer_schema_version_is_rejected() -> None:
     data = orjson.loads(_event().to_json())
     data["schema_version"] = SCHEMA_VERSION + 1

@@ -311,3 +311,140 @@ def test_passthrough_events_split_across_chunks() -> None:
     event = builder.finish(200)
     assert event.usage_source == "provider"
     assert (event.tokens.input, event.tokens.output) == (7, 9)
+
+
+# --- the readers of final usage agree with the full parsers --------------------------------
+
+
+class _FullOpenAI(OpenAIProvider):
+    dialect = None  # no reader for this dialect: the tap decodes with the provider's parser
+
+
+class _FullAnthropic(AnthropicProvider):
+    dialect = None
+
+
+_OPENAI_USAGE = {
+    "prompt_tokens": 30,
+    "completion_tokens": 12,
+    "prompt_tokens_details": {"cached_tokens": 20, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 5},
+}
+_ANTHROPIC_START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "model": "claude-sonnet-4-5-20250929",
+        "usage": {"input_tokens": 9, "cache_read_input_tokens": 40, "output_tokens": 1},
+    },
+}
+
+
+def _sse(events: list[tuple[str | None, Any]]) -> bytes:
+    blocks = []
+    for name, data in events:
+        head = f"event: {name}\n".encode() if name else b""
+        payload = data if isinstance(data, bytes) else orjson.dumps(data)
+        blocks.append(head + b"data: " + payload + b"\n\n")
+    return b"".join(blocks)
+
+
+def _anthropic_sse(stop_reason: str, usage: dict[str, Any]) -> bytes:
+    return _sse(
+        [
+            ("message_start", _ANTHROPIC_START),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "Hi there"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta",
+                               "delta": {"stop_reason": stop_reason}, "usage": usage}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+    )  # fmt: skip
+
+
+_STREAMS = {
+    "openai usage": (
+        "openai",
+        b"".join(_openai_sse(["a", "b", "c"], usage=_OPENAI_USAGE)),
+    ),
+    "openai tool calls, second choice": (
+        "openai",
+        _sse(
+            [
+                (None, {"model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {}}]}),
+                (None, {"model": "gpt-4o-mini", "choices": [
+                    {"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+                    {"index": 1, "delta": {}, "finish_reason": "length"}]}),
+                (None, {"model": "gpt-4o-mini", "choices": [], "usage": _OPENAI_USAGE}),
+                (None, b"[DONE]"),
+            ]
+        ),
+    ),
+    "openai without usage": ("openai", b"".join(_openai_sse(["a", "b"], usage=None))),
+    "openai error at the end": (
+        "openai",
+        _sse([(None, {"model": "m", "choices": []}), (None, {"error": {"message": "x"}})]),
+    ),
+    "anthropic max tokens": ("anthropic", _anthropic_sse("max_tokens", {"output_tokens": 77})),
+    "anthropic thinking and cache writes": (
+        "anthropic",
+        _anthropic_sse(
+            "end_turn",
+            {"input_tokens": 3, "cache_creation_input_tokens": 8, "output_tokens": 20,
+             "output_tokens_details": {"thinking_tokens": 6}},
+        ),
+    ),
+    "anthropic refusal": ("anthropic", _anthropic_sse("refusal", {"output_tokens": 2})),
+}  # fmt: skip
+
+
+_PROVIDERS: dict[str, tuple[type, type]] = {
+    "openai": (OpenAIProvider, _FullOpenAI),
+    "anthropic": (AnthropicProvider, _FullAnthropic),
+}
+
+
+def _summary(dialect: str, provider_class: type, raw: bytes, *, stream: bool) -> tuple[Any, ...]:
+    provider = provider_class("p", api_key=Secret(KEY), base_url="http://127.0.0.1:9")
+    builder = _builder(dialect)
+    builder.set_deployment(Deployment("m", provider, "m"))
+    if stream:
+        tap = PassthroughTap(builder, provider)
+        for start in range(0, len(raw), 7):
+            tap.feed(raw[start : start + 7])
+    else:
+        record_passthrough_body(builder, provider, raw)
+    event = builder.finish(200)
+    return event.model_served, event.finish_reason, event.usage_source, event.tokens
+
+
+@pytest.mark.parametrize("name", sorted(_STREAMS))
+def test_stream_readers_match_the_decoders(name: str) -> None:
+    dialect, raw = _STREAMS[name]
+    fast, full = _PROVIDERS[dialect]
+    assert _summary(dialect, fast, raw, stream=True) == _summary(dialect, full, raw, stream=True)
+
+
+_BODIES = {
+    "openai": ("openai", {"model": "gpt-4o-2024-08-06", "usage": _OPENAI_USAGE, "choices": [
+        {"index": 0, "finish_reason": "length", "message": {"content": "hi"}}]}),
+    "openai refusal": ("openai", {"model": "gpt-4o", "usage": _OPENAI_USAGE, "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"content": None, "refusal": "no"}}]}),
+    "openai without choices": ("openai", {"model": "gpt-4o", "choices": []}),
+    "openai without usage": ("openai", {"model": "gpt-4o", "choices": [{"message": {}}]}),
+    "anthropic": ("anthropic", {"model": "claude-x", "content": [], "stop_reason": "tool_use",
+                                "usage": {"input_tokens": 5, "cache_creation_input_tokens": 2,
+                                          "output_tokens": 4}}),
+    "anthropic without content": ("anthropic", {"model": "claude-x", "usage": {}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_BODIES))
+def test_body_readers_match_the_parsers(name: str) -> None:
+    dialect, body = _BODIES[name]
+    raw = orjson.dumps(body)
+    fast, full = _PROVIDERS[dialect]
+    assert _summary(dialect, fast, raw, stream=False) == _summary(dialect, full, raw, stream=False)

@@ -26,6 +26,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -111,6 +112,13 @@ class _LabelCap:
         return OTHER
 
 
+def _observe(state: list[float], bounds: tuple[float, ...], amount: float) -> None:
+    """Count ``amount`` in a histogram state, as ``_HistogramFamily.observe`` does."""
+    # Bucket i counts values v with bounds[i-1] < v <= bounds[i], as Prometheus's le.
+    state[bisect.bisect_left(bounds, amount)] += 1
+    state[-1] += amount
+
+
 def _go_float(value: float) -> str:
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
@@ -133,6 +141,13 @@ class _CounterFamily:
         if not self.labelnames:
             self.values[()] = 0.0
             self.created[()] = time.time()
+
+    def ensure(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        """Create the series of ``labels`` at 0 if it is new; returns ``labels``."""
+        if labels not in self.values:
+            self.values[labels] = 0.0
+            self.created[labels] = time.time()
+        return labels
 
     def inc(self, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
         values = self.values
@@ -165,14 +180,16 @@ class _HistogramFamily:
         self.values: dict[tuple[str, ...], list[float]] = {}
         self.created: dict[tuple[str, ...], float] = {}
 
-    def observe(self, labels: tuple[str, ...], amount: float) -> None:
+    def state(self, labels: tuple[str, ...]) -> list[float]:
+        """Return the bucket counts and sum of ``labels``, created empty if new."""
         state = self.values.get(labels)
         if state is None:
             state = self.values[labels] = [0] * (len(self.bounds) + 1) + [0.0]
             self.created[labels] = time.time()
-        # Bucket i counts values v with bounds[i-1] < v <= bounds[i], as Prometheus's le.
-        state[bisect.bisect_left(self.bounds, amount)] += 1
-        state[-1] += amount
+        return state
+
+    def observe(self, labels: tuple[str, ...], amount: float) -> None:
+        _observe(self.state(labels), self.bounds, amount)
 
     def collect(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -205,6 +222,23 @@ class _FamiliesCollector(Collector):
             yield family.collect()
 
 
+_MAX_SERIES_KEYS = 10_000
+"""Event keys whose resolved series are kept; the cache starts over when it is full."""
+
+
+@dataclass(slots=True)
+class _Series:
+    """The label values and series of one combination of an event's labelled fields."""
+
+    labels: tuple[str, str, str, str, str]
+    """Operation, provider name, requested model, served model and error type, capped."""
+    input_tokens: list[float] | None
+    output_tokens: list[float] | None
+    duration: list[float]
+    request: tuple[str, ...]
+    source: tuple[str, ...]
+
+
 class GatewayMetrics:
     """The metrics of one instance in their own registry, and the ``/metrics`` handler."""
 
@@ -213,6 +247,9 @@ class GatewayMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._cap = _LabelCap(max_label_values)
+        # Resolved labels and series per event key, so that recording an event whose labels
+        # were seen before skips the label caps and the lookups by label tuple.
+        self._series: dict[tuple[object, ...], _Series] = {}
         self._pipeline: _PipelineCollector | None = None
         self._define_genai()
         self._define_gateway()
@@ -304,36 +341,72 @@ class GatewayMetrics:
 
     def record(self, event: UsageEvent) -> None:
         """Update every metric from one finished usage event."""
-        provider = PROVIDER_NAMES.get(event.provider_kind or "", event.provider_kind or "")
-        requested = self._cap("gen_ai_request_model", event.model_requested)
-        served = self._cap("gen_ai_response_model", event.model_served)
-        error = event.error_type or ""
-        operation = event.operation
-        self._record_tokens(event, operation, provider, requested, served)
-        self.operation_duration.observe(
-            (operation, provider, requested, served, error), event.latency_ms / 1000
+        key = (
+            event.operation,
+            event.provider_kind,
+            event.model_requested,
+            event.model_served,
+            event.error_type,
+            event.dialect,
+            event.status,
+            event.usage_source,
         )
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(*key)
+        labels = series.labels
+        if series.input_tokens is not None and series.output_tokens is not None:
+            tokens = event.tokens
+            _observe(series.input_tokens, TOKEN_BUCKETS, tokens.input)
+            _observe(series.output_tokens, TOKEN_BUCKETS, tokens.output)
+            if tokens.cached_input or tokens.cache_write or tokens.reasoning:
+                self._record_token_details(event, labels[1], labels[3])
+        _observe(series.duration, DURATION_BUCKETS, event.latency_ms / 1000)
         if event.ttft_ms is not None:
-            self.time_to_first_token.observe(
-                (operation, provider, requested, served), event.ttft_ms / 1000
-            )
-        self.requests.inc((event.dialect, requested, str(event.status), error))
-        self.events.inc((event.usage_source,))
-        self._record_cost(event, provider, requested, served)
-        self._record_routing(event, requested)
+            self.time_to_first_token.observe(labels[:4], event.ttft_ms / 1000)
+        self.requests.values[series.request] += 1
+        self.events.values[series.source] += 1
+        self._record_cost(event, labels[1], labels[2], labels[3])
+        self._record_routing(event, labels[2])
         if event.policy is not None:
             self._record_policy(event.policy)
         if event.client_disconnected:
             self.client_disconnects.inc()
 
-    def _record_tokens(
-        self, event: UsageEvent, operation: str, provider: str, requested: str, served: str
-    ) -> None:
-        if event.usage_source not in _REPORTED_SOURCES:
-            return
+    def _new_series(
+        self,
+        operation: str,
+        kind: str | None,
+        requested_model: str | None,
+        served_model: str | None,
+        error_type: str | None,
+        dialect: str,
+        status: int,
+        source: str,
+    ) -> _Series:
+        """Resolve the labels of an event key and create its series."""
+        if len(self._series) >= _MAX_SERIES_KEYS:
+            self._series.clear()
+        provider = PROVIDER_NAMES.get(kind or "", kind or "")
+        requested = self._cap("gen_ai_request_model", requested_model)
+        served = self._cap("gen_ai_response_model", served_model)
+        error = error_type or ""
+        labels = (operation, provider, requested, served, error)
+        reported = source in _REPORTED_SOURCES
+        series = _Series(
+            labels=labels,
+            input_tokens=self.token_usage.state((*labels[:4], "input")) if reported else None,
+            output_tokens=self.token_usage.state((*labels[:4], "output")) if reported else None,
+            duration=self.operation_duration.state(labels),
+            request=self.requests.ensure((dialect, requested, str(status), error)),
+            source=self.events.ensure((source,)),
+        )
+        key = (operation, kind, requested_model, served_model, error_type, dialect, status, source)
+        self._series[key] = series
+        return series
+
+    def _record_token_details(self, event: UsageEvent, provider: str, served: str) -> None:
         tokens = event.tokens
-        self.token_usage.observe((operation, provider, requested, served, "input"), tokens.input)
-        self.token_usage.observe((operation, provider, requested, served, "output"), tokens.output)
         if tokens.cached_input:
             self.token_details.inc((provider, served, "cached_input"), tokens.cached_input)
         if tokens.cache_write:

@@ -26,7 +26,7 @@ from smartflow.core.stream import (
     ToolCallDelta,
     UsageUpdate,
 )
-from smartflow.core.types import ChatRequest, ChatResponse, Usage
+from smartflow.core.types import ChatRequest, ChatResponse, FinishReason, Usage
 from smartflow.normalize.report import Change, changes_to_dicts
 from smartflow.policy.decision import Decision
 from smartflow.providers.base import Deployment
@@ -242,6 +242,14 @@ class UsageBuilder:
         self._record_model(response.model)
         self._event.finish_reason = response.finish_reason
         self._usage = _copy_usage(response.usage)
+        self._usage_final = True
+
+    def record_final(self, model: str, finish_reason: FinishReason, usage: Usage) -> None:
+        """Record what a complete response reports, as ``record_response`` does, when a
+        reader took these values from the provider's bytes without a ``ChatResponse``."""
+        self._record_model(model)
+        self._event.finish_reason = finish_reason
+        self._usage = usage
         self._usage_final = True
 
     def record_usage(self, usage: Usage, *, final: bool) -> None:

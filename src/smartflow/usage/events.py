@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import random
 import threading
 import time
@@ -56,6 +57,18 @@ CacheResult = Literal["none", "hit", "miss", "bypass"]
 _id_lock = threading.Lock()
 _last_ms = 0
 _sequence = 0
+_ms_text = ""
+"""The first 18 characters of the ids of millisecond ``_last_ms``, version digit included."""
+
+
+def _new_node() -> str:
+    # rand_b: the variant bits and 62 random bits, drawn once per process (see new_event_id).
+    text = f"{0b10 << 62 | random.getrandbits(62):016x}"
+    return f"{text[:4]}-{text[4:]}"
+
+
+_node = _new_node()
+os.register_at_fork(after_in_child=lambda: globals().update(_node=_new_node()))
 
 
 def new_event_id() -> str:
@@ -63,32 +76,29 @@ def new_event_id() -> str:
 
     The 12-bit ``rand_a`` field is a counter seeded at random each millisecond, so ids
     made in the same millisecond still increase. When the counter overflows, the
-    timestamp is advanced by one millisecond. The random bits come from ``random``,
-    which ``os.urandom`` seeds and which is reseeded in a forked child: the ids must be
-    unique, not unguessable, and ``secrets`` would read the system's source every time.
+    timestamp is advanced by one millisecond. The 62 bits of ``rand_b`` are random per
+    process, as a node id (RFC 9562, section 6.4), and drawn again in a forked child: the
+    timestamp and counter keep the ids of one process apart, and ``rand_b`` those of two.
+    The ids must be unique, not unguessable, and drawing fresh random bits, or reading the
+    system's source through ``secrets``, for each id costs more than the rest of an event.
     """
-    global _last_ms, _sequence
+    global _last_ms, _sequence, _ms_text
     now_ms = time.time_ns() // 1_000_000
     with _id_lock:
         if now_ms > _last_ms:
             _last_ms = now_ms
             # Start in the lower half so a burst in one millisecond rarely overflows.
             _sequence = random.getrandbits(11)
+            text = f"{now_ms & 0xFFFF_FFFF_FFFF:012x}"
+            _ms_text = f"{text[:8]}-{text[8:]}-7"
         else:
             _sequence += 1
             if _sequence > 0xFFF:
                 _last_ms += 1
                 _sequence = random.getrandbits(11)
-        timestamp, sequence = _last_ms, _sequence
-    value = (
-        (timestamp & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | sequence << 64
-        | 0b10 << 62
-        | random.getrandbits(62)
-    )
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+                text = f"{_last_ms & 0xFFFF_FFFF_FFFF:012x}"
+                _ms_text = f"{text[:8]}-{text[8:]}-7"
+        return f"{_ms_text}{_sequence:03x}-{_node}"
 
 
 _second_text: tuple[int, str] = (-1, "")
@@ -236,7 +246,58 @@ class UsageEvent:
         return moves
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self)
+        # orjson writes this dict in about 2.6 µs and the dataclass in 3.3 µs. A test checks
+        # that both give the same bytes.
+        tokens = self.tokens
+        return orjson.dumps(
+            {
+                "schema_version": self.schema_version,
+                "event_id": self.event_id,
+                "request_id": self.request_id,
+                "started_at": self.started_at,
+                "instance": self.instance,
+                "site": self.site,
+                "entry_instance": self.entry_instance,
+                "entry_site": self.entry_site,
+                "operation": self.operation,
+                "dialect": self.dialect,
+                "key_name": self.key_name,
+                "team": self.team,
+                "user": self.user,
+                "identity": self.identity,
+                "provider": self.provider,
+                "provider_kind": self.provider_kind,
+                "deployment": self.deployment,
+                "model_requested": self.model_requested,
+                "model_served": self.model_served,
+                "tokens": {
+                    "input": tokens.input,
+                    "output": tokens.output,
+                    "cached_input": tokens.cached_input,
+                    "cache_write": tokens.cache_write,
+                    "reasoning": tokens.reasoning,
+                },
+                "usage_source": self.usage_source,
+                "cost_usd": self.cost_usd,
+                "price_missing": self.price_missing,
+                "price_as_of": self.price_as_of,
+                "price_version": self.price_version,
+                "latency_ms": self.latency_ms,
+                "ttft_ms": self.ttft_ms,
+                "stream": self.stream,
+                "cache": self.cache,
+                "attempts": [
+                    {"deployment": a.deployment, "error": a.error, "status": a.status}
+                    for a in self.attempts
+                ],
+                "normalization": self.normalization,
+                "policy": self.policy,
+                "finish_reason": self.finish_reason,
+                "status": self.status,
+                "error_type": self.error_type,
+                "client_disconnected": self.client_disconnected,
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:

@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import orjson
-
 from smartflow.core.errors import ConfigError
 from smartflow.usage.events import UsageEvent
 from smartflow.usage.feedback import FeedbackEvent
@@ -433,7 +431,7 @@ class UsageQueue:
         rows = []
         rejected = 0
         for event in events:
-            body = orjson.dumps(event)
+            body = event.to_json()
             if reject_new and (depth + 1 > max_events or size + len(body) > max_bytes):
                 rejected += 1
                 continue

@@ -3,8 +3,9 @@
 A translated response passes through the canonical model, so ``ObservingEncoder`` receives
 each stream event and ``observe_render`` each complete response. A pass-through response
 is the provider's own bytes, so ``PassthroughTap`` and ``record_passthrough_body`` decode
-a copy with the provider's parser. Reading usage must never break a response, so a part
-that cannot be decoded stops the tap and is logged at DEBUG.
+a copy: for OpenAI and Anthropic with small readers of the final usage, else with the
+provider's parser. Reading usage must never break a response, so a part that cannot be
+decoded stops the tap and is logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import orjson
 
 from smartflow.core.errors import SmartflowError
 from smartflow.core.stream import StreamEnd, StreamEvent, StreamStart, UsageUpdate
-from smartflow.core.types import ChatResponse
+from smartflow.core.types import ChatResponse, FinishReason, Usage
+from smartflow.dialects.anthropic import responses as anthropic
+from smartflow.dialects.openai import responses as openai
 from smartflow.providers.base import FrameParser, Provider, StreamDecoder
 from smartflow.transport.sse import SSEParser
 from smartflow.usage.builder import UsageBuilder
@@ -73,12 +76,157 @@ def record_passthrough_body(builder: UsageBuilder, provider: Provider, body: byt
         data = orjson.loads(body)
         if not isinstance(data, dict):
             return False
+        final = _read_body_final(provider, data)
+        if final is not None:
+            builder.record_final(*final)
+            return True
         response = provider.parse_response(data)
     except (orjson.JSONDecodeError, SmartflowError, KeyError, TypeError, ValueError) as exc:
         logger.debug("usage: cannot read the %s response body: %s", provider.name, exc)
         return False
     builder.record_response(response)
     return True
+
+
+# --- readers of the final usage ---------------------------------------------------------
+#
+# A pass-through body or stream is the provider's own JSON. Turning it into canonical objects
+# costs more than the rest of the usage event, and only three values are needed: the model
+# served, the finish reason and the usage. These readers take them from the decoded JSON as
+# the dialect's parse_response and StreamDecoder do, and return None for anything they do
+# not expect, so that the full parser decides.
+
+_Final = tuple[str, FinishReason, Usage]
+
+
+def _openai_body(data: dict[str, Any]) -> _Final | None:
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    choice = choices[0]
+    message = choice.get("message") or {}
+    if not isinstance(message, dict):
+        return None
+    finish = openai.FINISH_FROM_OPENAI.get(choice.get("finish_reason") or "stop", "stop")
+    content = message.get("content")
+    if not (isinstance(content, str) and content) and message.get("refusal"):
+        finish = "refusal"
+    return data.get("model") or "", finish, openai.parse_usage(data.get("usage"))
+
+
+def _anthropic_body(data: dict[str, Any]) -> _Final | None:
+    if not isinstance(data.get("content"), list):
+        return None
+    finish = anthropic.STOP_FROM_ANTHROPIC.get(data.get("stop_reason") or "end_turn", "stop")
+    return data.get("model") or "", finish, anthropic.parse_usage(data.get("usage"))
+
+
+def _openai_stream(head: bytes, tail: list[bytes]) -> _Final | None:
+    """Read the first chunk and the last ones, which must end with ``[DONE]``."""
+    if not tail or tail[-1] != b"[DONE]":
+        return None
+    model = ""
+    finish: FinishReason | None = None
+    usage: Usage | None = None
+    for index, data in enumerate([head, *tail[:-1]]):
+        chunk = orjson.loads(data)
+        if not isinstance(chunk, dict) or chunk.get("error"):
+            return None
+        if index == 0:
+            model = chunk.get("model") or ""
+            continue
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            reason = choice.get("finish_reason")
+            if reason:
+                finish = openai.FINISH_FROM_OPENAI.get(reason, "stop")
+        if chunk.get("usage"):
+            usage = openai.parse_usage(chunk["usage"])
+    if finish is None or usage is None:
+        return None
+    return model, finish, usage
+
+
+def _anthropic_stream(head: bytes, tail: list[bytes]) -> _Final | None:
+    """Read message_start and the last events, which must end with message_stop."""
+    start = orjson.loads(head)
+    if not isinstance(start, dict) or start.get("type") != "message_start":
+        return None
+    message = start.get("message") or {}
+    model = message.get("model") or ""
+    usage = anthropic.parse_usage(message.get("usage"))
+    finish: FinishReason = "stop"
+    ended = False
+    for data in tail:
+        event = orjson.loads(data)
+        if not isinstance(event, dict) or ended:
+            return None
+        kind = event.get("type")
+        if kind == "message_delta":
+            delta = event.get("delta") or {}
+            if delta.get("stop_reason"):
+                finish = anthropic.STOP_FROM_ANTHROPIC.get(delta["stop_reason"], "stop")
+            usage = anthropic.parse_usage(event.get("usage"), usage)
+        elif kind == "message_stop":
+            ended = True
+        elif kind == "error":
+            return None
+    return (model, finish, usage) if ended else None
+
+
+_BODY_READERS: dict[str, Callable[[dict[str, Any]], _Final | None]] = {
+    "openai": _openai_body,
+    "anthropic": _anthropic_body,
+}
+_STREAM_READERS: dict[str, Callable[[bytes, list[bytes]], _Final | None]] = {
+    "openai": _openai_stream,
+    "anthropic": _anthropic_stream,
+}
+
+
+def _read_body_final(provider: Provider, data: dict[str, Any]) -> _Final | None:
+    reader = _BODY_READERS.get(provider.dialect or "")
+    if reader is None:
+        return None
+    try:
+        return reader(data)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_stream_final(
+    reader: Callable[[bytes, list[bytes]], _Final | None], head: bytes, tail: bytes
+) -> _Final | None:
+    """Apply ``reader`` to the payloads of the head event and the tail events."""
+    head_data = _event_data(head.rstrip(b"\n"))
+    if head_data is None:
+        return None
+    tail_data = []
+    for block in tail.split(b"\n\n"):
+        if block:
+            data = _event_data(block)
+            if data is None:
+                return None
+            tail_data.append(data)
+    try:
+        return reader(head_data, tail_data)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _event_data(block: bytes) -> bytes | None:
+    """Return the payload of an SSE event whose only ``data`` line is its last, else None.
+
+    ``block`` has LF line ends. A JSON payload holds no raw line break, so its line is the
+    last one."""
+    line = block.rfind(b"\n") + 1
+    if not block.startswith(b"data:", line):
+        return None
+    if line and (block.startswith(b"data:") or b"\ndata:" in block[: line - 1]):
+        return None
+    line += 5
+    return block[line + 1 :] if block[line : line + 1] == b" " else block[line:]
 
 
 class PassthroughTap:
@@ -197,6 +345,12 @@ class PassthroughTap:
                 tail_start = -2
                 break
             tail_start = found
+        reader = _STREAM_READERS.get(self._provider.dialect or "")
+        if reader is not None:
+            final = _read_stream_final(reader, head, data[tail_start + 2 :])
+            if final is not None:
+                self._builder.record_final(*final)
+                return True
         decoder = self._provider.stream_decoder()
         events: list[StreamEvent] = []
         try:
