@@ -355,19 +355,7 @@ def _add_central_key_commands(
         metavar="URL",
         help=f"base URL of the control plane (default: ${CONTROL_PLANE_URL_ENV}); required",
     )
-    central.add_argument(
-        "--token-env",
-        default=DEFAULT_TOKEN_ENV,
-        metavar="NAME",
-        help=f"environment variable that contains the admin token (default: {DEFAULT_TOKEN_ENV})",
-    )
-    central.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="maximum time to wait for the control plane, in seconds (default: 30)",
-    )
+    _add_token_options(central, "the control plane")
     text = (
         "create a virtual key at the control plane, which sends it to every linked instance, "
         "and print the key once"
@@ -485,20 +473,25 @@ def _connection_options() -> argparse.ArgumentParser:
         "policies, which reach every linked instance (default: $"
         f"{CONTROL_PLANE_URL_ENV}). validate checks the files locally",
     )
-    connection.add_argument(
+    _add_token_options(connection, "the gateway")
+    return connection
+
+
+def _add_token_options(parser: argparse.ArgumentParser, service: str) -> None:
+    """Add ``--token-env`` and ``--timeout``, shared by the commands that call an admin API."""
+    parser.add_argument(
         "--token-env",
         default=DEFAULT_TOKEN_ENV,
         metavar="NAME",
         help=f"environment variable that contains the admin token (default: {DEFAULT_TOKEN_ENV})",
     )
-    connection.add_argument(
+    parser.add_argument(
         "--timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="maximum time to wait for the gateway's response, in seconds (default: 30)",
+        help=f"maximum time to wait for {service}, in seconds (default: 30)",
     )
-    return connection
 
 
 def _add_policy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from array import array
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
@@ -44,6 +43,7 @@ from smartflow.dialects.openai.embeddings import (
     render_embedding_response,
 )
 from smartflow.gateway.handlers import Gateway
+from smartflow.gateway.ids import new_request_id
 from smartflow.gateway.ingress import OPENAI
 from smartflow.gateway.upstream import Dispatcher, Exchange, _map_transport_error
 from smartflow.policy.decision import POLICY_HEADER
@@ -283,7 +283,7 @@ class EmbeddingsEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = new_request_id()
         status = 500
         model = "-"
         served = "-"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +26,7 @@ from smartflow.core.errors import (
 )
 from smartflow.core.types import ChatRequest, ImagePart
 from smartflow.dialects.anthropic import requests as anthropic_requests
+from smartflow.gateway.ids import new_request_id
 from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
 from smartflow.gateway.upstream import Dispatcher, Exchange, OpenStream
 from smartflow.normalize import report_header
@@ -120,7 +119,7 @@ class Gateway:
             "anthropic-version" in request.headers and "Authorization" not in request.headers
         )
         ingress = ANTHROPIC if anthropic else OPENAI
-        request_id = _new_request_id()
+        request_id = new_request_id()
         try:
             self.keys.authenticate(request.headers)
         except SmartflowError as exc:
@@ -162,7 +161,7 @@ class Gateway:
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """Count input tokens: Anthropic counts for its own models, others get an estimate."""
-        request_id = _new_request_id()
+        request_id = new_request_id()
         try:
             caller = self.keys.authenticate(request.headers)
             body = await self._read_json(request)
@@ -227,13 +226,13 @@ class Gateway:
                     f"{', '.join(sorted(exc.headers.get('Allow', '').split(',')))}."
                 )
                 error.status = 405
-            return self._error_response(ingress, error, _new_request_id())
+            return self._error_response(ingress, error, new_request_id())
 
     # --- the chat path ---------------------------------------------------------------
 
     async def _chat(self, request: web.Request, ingress: Ingress) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = _new_request_id()
+        request_id = new_request_id()
         status = 500
         model = "-"
         served = "-"
@@ -559,16 +558,6 @@ def _too_large(limit: int) -> RequestTooLarge:
         f"The request body is larger than the limit of {limit} bytes. Send a smaller request, "
         "or raise server.max_body_bytes."
     )
-
-
-# Request ids are a random prefix chosen once per process and a counter: unique across
-# instances like a UUID, without reading the system's random source on every request.
-_ID_PREFIX = secrets.token_hex(8)
-_id_counter = itertools.count(1)
-
-
-def _new_request_id() -> str:
-    return f"req_{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _estimate_tokens(request: ChatRequest) -> int:

@@ -78,7 +78,7 @@ def _alters_body(
     return any(name in body for name in fields.get(change.param, ()) if name != wire)
 
 
-def _untranslated(exchange: Exchange, target: str, model: str, strict: bool) -> list[Change]:
+def _untranslated(exchange: Exchange, deployment: Deployment) -> list[Change]:
     """Record the caller's body fields that a translated request cannot carry.
 
     Such a field (for example ``logit_bias`` on the way to Claude) has no canonical form, so it is
@@ -87,11 +87,12 @@ def _untranslated(exchange: Exchange, target: str, model: str, strict: bool) -> 
     parsed = _PARSED_FIELDS.get(exchange.dialect)
     if parsed is None:
         return []
+    target, model = deployment.provider.kind, deployment.model
     dropped = []
     for name in exchange.body:
         if name in parsed:
             continue
-        if strict:
+        if exchange.strict_params:
             raise InvalidRequest(
                 f"{name} cannot be sent to {model}: it has no equivalent on {target}. Strict "
                 "mode changes nothing; remove it or turn strict mode off.",
@@ -297,9 +298,7 @@ class Dispatcher:
                 patch = _PATCHERS[exchange.dialect]
                 body = patch(body, normalized.request, changed, deployment.model)
         else:
-            normalized.accounting.extend(
-                _untranslated(exchange, provider.kind, deployment.model, exchange.strict_params)
-            )
+            normalized.accounting.extend(_untranslated(exchange, deployment))
             body = provider.build_body(normalized.request, deployment.model)
         try:
             return orjson.dumps(body), passthrough

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from smartflow.config.intercept import parse_address
 from smartflow.config.schema import GatewayConfig
 from smartflow.core.errors import InternalError, InvalidRequest, SmartflowError, UpstreamUnavailable
 from smartflow.gateway.handlers import Gateway
+from smartflow.gateway.ids import new_request_id
 from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
 from smartflow.gateway.upstream import Dispatcher
 from smartflow.intercept.adapters import HostRouter, build_host_provider
@@ -219,7 +219,7 @@ class InterceptService:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         if host is None or not self.tls.serves(ssl_object, name):
             return _misdirected(name, sorted(self.hosts))
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = new_request_id()
         try:
             hop = request.headers.get(HOP_HEADER)
             if hop is not None:
@@ -259,4 +259,4 @@ def _misdirected(name: str, served: list[str]) -> web.Response:
         "that matches the Host header."
     )
     error.status = 421
-    return _error(OPENAI, error, "req_" + uuid.uuid4().hex)
+    return _error(OPENAI, error, new_request_id())

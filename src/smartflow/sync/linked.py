@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from smartflow.core.errors import ConfigError, SmartflowError
 from smartflow.gateway.app import RunningGateway, start_gateway
 from smartflow.gateway.feedback import add_feedback_route
 from smartflow.gateway.handlers import Gateway
+from smartflow.gateway.ids import new_request_id
 from smartflow.gateway.ingress import ANTHROPIC, OPENAI, Ingress
 from smartflow.gateway.peering import attach_usage, usage_recorder_class
 from smartflow.gateway.upstream import Dispatcher
@@ -144,7 +144,7 @@ class LiveGateway:
                 f"{self._link.max_staleness_s:g} s, so its configuration may be out of date "
                 "and requests are rejected. Retry later or use another instance."
             )
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = new_request_id()
         logger.info("request %s rejected: %s", request_id, error.message)
         status, body, headers = ingress.render_error(error)
         headers[ingress.request_id_header] = request_id
