@@ -345,12 +345,12 @@ def test_up_enrolls_both_instances_and_prints_token_once(tmp_path: Path) -> None
         third.process.communicate(timeout=20)
 
 
-def test_up_with_busy_port_names_option_and_writes_nothing(tmp_path: Path) -> None:
+def test_up_busy_port_rejected_before_writing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        taken = busy.getsockname()[1]
+        taken_port = busy.getsockname()[1]
         result = subprocess.run(
             [
                 *SMARTFLOW,
@@ -358,7 +358,7 @@ def test_up_with_busy_port_names_option_and_writes_nothing(tmp_path: Path) -> No
                 "--port",
                 str(_free_port()),
                 "--cloud-port",
-                str(taken),
+                str(taken_port),
                 "--control-plane-port",
                 str(_free_port()),
                 "--data-dir",
@@ -372,7 +372,7 @@ def test_up_with_busy_port_names_option_and_writes_nothing(tmp_path: Path) -> No
             timeout=60,
         )
     assert result.returncode == 2
-    assert f"port {taken}" in result.stderr
+    assert f"port {taken_port}" in result.stderr
     assert "--cloud-port" in result.stderr
     assert not data_dir.exists()
 

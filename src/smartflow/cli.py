@@ -581,10 +581,10 @@ def _admin(args: argparse.Namespace) -> int:
 class _AdminClient:
     """A small HTTP client for the admin API; it ignores proxy variables."""
 
-    def __init__(self, url: str, token: str, timeout: float, *, service: str = "--url") -> None:
+    def __init__(self, url: str, token: str, timeout: float, *, option: str = "--url") -> None:
         self.url = url.rstrip("/")
-        self._service = service
-        """What the URL names, for the message when it cannot be reached."""
+        self._option = option
+        """The option that gave the URL, named in the message when it cannot be reached."""
         self._token = token
         self._timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -616,8 +616,8 @@ class _AdminClient:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise _CommandFailed(
                 f"cannot connect to {self.url}: {reason}. Check that the "
-                f"{'control plane' if self._service == '--control-plane' else 'gateway'} is "
-                f"running and {self._service} points at it",
+                f"{'control plane' if self._option == '--control-plane' else 'gateway'} is "
+                f"running and {self._option} points at it",
                 EXIT_USAGE,
             ) from None
 
@@ -676,8 +676,8 @@ def _client(args: argparse.Namespace, url: str | None = None) -> _AdminClient:
             "or name another variable with --token-env",
             EXIT_USAGE,
         )
-    service = "--control-plane" if url else "--url"
-    return _AdminClient(url or args.url, token, args.timeout, service=service)
+    option = "--control-plane" if url else "--url"
+    return _AdminClient(url or args.url, token, args.timeout, option=option)
 
 
 def _format_versions(payload: dict[str, Any]) -> str:

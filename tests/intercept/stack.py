@@ -163,7 +163,7 @@ def stack_config(pki: Pki, upstream: dict[str, str], **intercept: Any) -> dict[s
 async def start_recording_upstream(
     pki: Pki, host: str, directory: Path
 ) -> tuple[web.AppRunner, int, list[tuple[str, str, bytes]], Path, Path]:
-    """Serve ``host`` over TLS on 127.0.0.1, answering 200 and recording every request.
+    """Serve ``host`` over TLS on 127.0.0.1, responding with 200 and recording every request.
 
     Returns the runner, port, records (method, path with query, body) and the new
     certificate and key files for ``host``.

@@ -137,7 +137,7 @@ class IdentitySettings(_Strict):
     """File with the secret salt, in place of ``salt_env``."""
     unknown_callers: Literal["audit", "reject"] = "audit"
     """A caller whose hash has no mapping: ``audit`` serves and records them under team
-    ``unknown_team``; ``reject`` answers 401."""
+    ``unknown_team``; ``reject`` rejects them with 401."""
     unknown_team: str = "intercepted-unknown"
     mappings: list[IdentityMapping] = []
     smartflow_key_header: str = "x-smartflow-key"

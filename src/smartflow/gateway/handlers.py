@@ -429,7 +429,7 @@ class Gateway:
                 raw = await self._read_slow_body(content)
         except RequestPayloadError:
             # Nothing more of this body can be read, so the connection is closed after the
-            # error; marking the body finished stops aiohttp from trying to drain it.
+            # error. Marking the body finished stops aiohttp from trying to drain it.
             content.feed_eof()
             encoding = request.headers.get("Content-Encoding", "none")[:40]
             error = InvalidRequest(

@@ -17,7 +17,7 @@ not forwarded.
 Usage: a forwarded request has one usage event, recorded by the peer, because the peer
 makes the provider call and so has its provider, tokens, cost and latency. The event
 takes the entry instance's request id, site and request-side policy decision from the
-peer headers. The peer records no event for a forwarded request it answers with an
+peer headers. The peer records no event for a forwarded request it fails with an
 error. The entry instance records its own event whenever the peer did not confirm with
 the recorded header (peer unreachable, credential rejected, an error answer, or a peer
 without a usage queue).
@@ -187,7 +187,7 @@ def decode_caller(value: str | None, peer: str) -> PeerCaller:
 
 @dataclass(slots=True)
 class ForwardedRequest:
-    """What the entry instance sent about a request it forwarded here, for the usage event."""
+    """The entry instance's facts about a request it forwarded here, for the usage event."""
 
     request_id: str
     entry_instance: str
@@ -291,7 +291,7 @@ def _is_count(value: Any) -> bool:
 
 
 def _is_name(value: Any) -> TypeGuard[str]:
-    """Whether ``value`` is a printable ASCII id or name that fits the event's columns."""
+    """Return whether ``value`` is a printable ASCII id or name that fits the event's columns."""
     return (
         isinstance(value, str)
         and 0 < len(value) <= _MAX_NAME_CHARS
@@ -509,9 +509,9 @@ class PeeringUsageRecorder(UsageRecorder):
     """The usage recorder of an instance with linked routing: one event per request.
 
     The entry instance emits nothing for a request that the peer confirmed it records.
-    The receiving instance emits a forwarded request it answered successfully, with the
+    The receiving instance emits a forwarded request it served successfully, with the
     entry instance's request id, site, policy summary and attempts, and nothing for one
-    it answered with an error, whose event the entry instance records.
+    it failed with an error, whose event the entry instance records.
     """
 
     def emit(self, builder: UsageBuilder, status: int) -> UsageEvent | None:

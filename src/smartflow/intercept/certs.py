@@ -250,7 +250,7 @@ def certificate_hosts(cert_file: Path) -> list[str]:
     """Return the DNS names and IP addresses in the subjectAltName of a PEM certificate.
 
     Raises:
-        ConfigError: the file cannot be read or holds no certificate.
+        ConfigError: the file cannot be read or contains no certificate.
     """
     try:
         certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())

@@ -176,7 +176,7 @@ class Forwarder:
         try:
             canonical = self.ingress.parse_request(data)
         except InvalidRequest:
-            # Not a chat request after all: the real host answers it as it sees fit.
+            # Not a chat request after all, so the real host handles it as it sees fit.
             return body
         context = request_context(caller, canonical.model, request.headers, self.site)
         run = evaluator.evaluate_request(context, canonical, request_id=request_id)

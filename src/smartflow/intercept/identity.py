@@ -1,4 +1,4 @@
-"""Who an intercepted caller is, and which key their request carries upstream.
+"""Identity of an intercepted caller, and the key their request carries upstream.
 
 Callers of an intercepted host send their own provider key. It identifies them by an
 HMAC-SHA256 under a secret salt (the identity hash), so neither the key nor an unsalted

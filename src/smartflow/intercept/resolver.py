@@ -1,7 +1,7 @@
 """Upstream name resolution for intercepted hosts: fixed addresses or configured DNS servers.
 
-The system resolver is never asked, because the point of interception is that it
-answers with this instance's own address.
+The system resolver is never queried, because the point of interception is that it
+resolves those hosts to this instance's own address.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ _DNS_TIMEOUT_S = 5.0
 
 
 class UpstreamResolver(AbstractResolver):
-    """Resolve intercepted hosts, and reject any answer that points at this process.
+    """Resolve intercepted hosts, and reject any address that points at this process.
 
     ``fixed`` maps a host to its (ip, port) pairs. Other hosts go to ``nameservers``,
-    whose answers are cached for their TTL. A host with neither fails to resolve.
+    whose records are cached for their TTL. A host with neither fails to resolve.
     """
 
     def __init__(

@@ -150,7 +150,7 @@ def _build_request(
     """Return a copy of ``request`` with the normalized values.
 
     The constructors are called directly, because ``dataclasses.replace`` costs several
-    microseconds on every request; the checks below the function keep the two field
+    microseconds on every request. The checks below the function keep the two field
     lists complete when a field is added.
     """
     sampling = Sampling(

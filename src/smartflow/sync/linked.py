@@ -1,7 +1,7 @@
 """A gateway instance linked to a control plane: its HTTP app, state swap and start-up.
 
 Requests go through :class:`LiveGateway`, which contains one :class:`RuntimeState` at a
-time. A new snapshot version replaces that state with one assignment; a request reads
+time. A new snapshot version replaces that state with one assignment. A request reads
 it once when it starts, so requests in flight finish on the version they started with.
 """
 

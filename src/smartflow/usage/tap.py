@@ -218,7 +218,7 @@ def _read_stream_final(
 def _event_data(block: bytes) -> bytes | None:
     """Return the payload of an SSE event whose only ``data`` line is its last, else None.
 
-    ``block`` has LF line ends. A JSON payload holds no raw line break, so its line is the
+    ``block`` has LF line ends. A JSON payload contains no raw line break, so its line is the
     last one."""
     line = block.rfind(b"\n") + 1
     if not block.startswith(b"data:", line):

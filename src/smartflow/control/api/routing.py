@@ -84,7 +84,7 @@ class Operation:
     description: str = ""
     websocket: bool = False
     csv: bool = False
-    """The handler may also answer ``text/csv`` (when the query asks for it)."""
+    """The handler may also return ``text/csv`` when the query requests it."""
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -88,7 +88,7 @@ def _count(data: Mapping[str, Any], name: str, where: str) -> int:
     return value
 
 
-# The longest duration an event may report, in milliseconds: one week. A larger value is
+# Maximum duration an event may report, in milliseconds: one week. A larger value is
 # a broken clock or a forged event, and it would distort every percentile and mean.
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 
