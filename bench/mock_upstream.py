@@ -1,5 +1,7 @@
 """Fast mock of the OpenAI Chat Completions and Bedrock ConverseStream upstreams, on raw asyncio.
 
+It also takes the usage events a gateway ships (``POST /v1/events``) and discards them.
+
 It is an HTTP/1.1 server that sends fixed replies. It checks neither API keys nor SigV4
 signatures.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "find_route",
     "make_chat_route",
     "make_converse_stream_route",
+    "make_events_route",
     "serve",
 ]
 
@@ -180,6 +183,8 @@ class UpstreamState:
     routes: dict[str, Route] = field(default_factory=dict)
     # Handlers of the Bedrock runtime paths /model/{modelId}/{operation}, by operation.
     model_routes: dict[str, Route] = field(default_factory=dict)
+    # Usage events received on /v1/events.
+    events_received: int = 0
 
     def refresh_date(self) -> None:
         self.date_line = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
@@ -269,6 +274,28 @@ def make_chat_route(state: UpstreamState) -> Callable[[HttpRequest], list[bytes]
         return _streamed_response(state, head, _STREAM_CHUNKS)
 
     return chat
+
+
+def make_events_route(state: UpstreamState) -> Route:
+    """Make the handler of ``POST /v1/events``: a sink for a gateway's shipped usage events.
+
+    It parses the batch and responds 200 with the number of events, as the control plane's
+    ingest does, so the benchmark measures the gateway's cost of shipping without the
+    control plane's cost of storing.
+    """
+
+    def events(request: HttpRequest) -> list[bytes]:
+        close = not request.keep_alive
+        try:
+            batch = orjson.loads(request.body)
+            count = len(batch["events"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            body = _error_body("body is not a batch of events", "invalid_request_error")
+            return [_json_response(state, 422, body, close)]
+        state.events_received += count
+        return [_json_response(state, 200, orjson.dumps({"stored": count}), close)]
+
+    return events
 
 
 def _bedrock_error(
@@ -478,6 +505,7 @@ async def serve(host: str, port: int, state: UpstreamState) -> RunningUpstream:
     state.refresh_date()
     state.routes.setdefault("/v1/chat/completions", make_chat_route(state))
     state.model_routes.setdefault("converse-stream", make_converse_stream_route(state))
+    state.routes.setdefault("/v1/events", make_events_route(state))
     server = await loop.create_server(lambda: UpstreamProtocol(state), host, port, backlog=1024)
     return RunningUpstream(server, asyncio.create_task(_refresh_date_each_second(state)))
 
@@ -495,10 +523,11 @@ async def _run(args: argparse.Namespace) -> None:
     finally:
         await running.close()
     logger.info(
-        "mock upstream stopped: %d requests, %d errors, %d connections",
+        "mock upstream stopped: %d requests, %d errors, %d connections, %d usage events",
         state.requests,
         state.errors,
         state.connections,
+        state.events_received,
     )
 
 

@@ -42,6 +42,8 @@ __all__ = [
 VIRTUAL_KEY = "sk-sf-bench-0000000000000000000000000001"
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 FAKE_UPSTREAM_KEY = "sk-fake-bench-upstream-not-a-real-key"
+INSTANCE_CREDENTIAL_ENV = "BENCH_INSTANCE_CREDENTIAL"
+_USAGE_ENV = {INSTANCE_CREDENTIAL_ENV: "sfi-fake-bench-instance-credential"}
 MODEL = "bench-model"
 EXPECTED_CONTENT_START = "A service mesh moves retries,"
 
@@ -239,9 +241,16 @@ def default_policy_config(context: GatewayContext) -> dict[str, object]:
 
 
 def usage_gateway_config(context: GatewayContext) -> dict[str, object]:
-    """Build the OpenAI pass-through config with usage events on (queued, not shipped)."""
+    """Build the OpenAI pass-through config with usage events on, shipped to the mock
+    upstream's event sink."""
     config = openai_gateway_config(context)
-    config["usage"] = {"enabled": True}
+    config["usage"] = {
+        "enabled": True,
+        "shipping": {
+            "url": f"{context.upstream_url}/v1/events",
+            "credential_env": INSTANCE_CREDENTIAL_ENV,
+        },
+    }
     return config
 
 
@@ -263,14 +272,16 @@ CASES: tuple[Case, ...] = (
         "gateway-usage",
         CHAT,
         build_config=usage_gateway_config,
-        description="pass-through with usage events on, non-streamed",
+        env=_USAGE_ENV,
+        description="pass-through with usage events on and shipped, non-streamed",
         baseline="gateway-chat",
     ),
     Case(
         "gateway-usage-stream",
         CHAT_STREAM,
         build_config=usage_gateway_config,
-        description="pass-through with usage events on, SSE",
+        env=_USAGE_ENV,
+        description="pass-through with usage events on and shipped, SSE",
         baseline="gateway-chat-stream",
     ),
     # The target with the default policy is 50% of the floor's rate, below the harness's 60%,

@@ -15,6 +15,11 @@ from botocore.eventstream import EventStreamBuffer  # type: ignore[import-untype
 from harness.eventstream import CONVERSE_STREAM_FRAMES
 from mock_upstream import CONTENT_PARTS, STREAM_EVENTS, UpstreamState
 
+from smartflow.providers.base import Secret
+from smartflow.usage.events import UsageEvent, new_event_id, utc_timestamp
+from smartflow.usage.queue import UsageQueue
+from smartflow.usage.shipper import ShipperSettings, UsageShipper
+
 MESSAGES = [{"role": "user", "content": "hi"}]
 MODEL_ID = "anthropic.claude-3-5-sonnet-20241022-v2:0"
 CONVERSE_PATH = "/model/anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse-stream"
@@ -319,3 +324,41 @@ async def test_model_paths_without_route(upstream: tuple[str, UpstreamState]) ->
     writer.close()
     await writer.wait_closed()
     assert state.errors == len(paths)
+
+
+async def test_event_sink_takes_shipped_events(
+    upstream: tuple[str, UpstreamState], tmp_path: Path
+) -> None:
+    base_url, state = upstream
+    queue = await UsageQueue.open(tmp_path / "queue")
+    settings = ShipperSettings(
+        url=f"{base_url}/v1/events",
+        credential=Secret("sfi-fake-test"),
+        instance="bench",
+        site="local",
+        batch_events=7,
+    )
+    shipper = UsageShipper(queue, settings)
+    try:
+        for index in range(20):
+            queue.offer(_usage_event(index))
+        await queue.flush()
+        while await shipper.ship_once():
+            pass
+    finally:
+        await shipper.stop()
+        await queue.close()
+    assert state.events_received == 20
+    assert shipper.stats.shipped == 20
+    assert queue.stats().depth == 0
+
+
+def _usage_event(index: int) -> UsageEvent:
+    return UsageEvent(
+        event_id=new_event_id(),
+        request_id=f"r{index}",
+        started_at=utc_timestamp(0),
+        instance="bench",
+        site="local",
+        dialect="openai",
+    )

@@ -448,7 +448,7 @@ async def test_viewer_reads_analytics(api: Api) -> None:
 
 
 async def test_shipper_delivers_to_control_plane(api: Api, onprem: str, tmp_path: Path) -> None:
-    queue = await UsageQueue.open(tmp_path / "usage.db")
+    queue = await UsageQueue.open(tmp_path / "queue")
     events = traffic_mix()
     for event in events:
         assert queue.offer(event)

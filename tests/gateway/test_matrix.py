@@ -141,7 +141,7 @@ async def test_tool_round_trip(
 
 
 IMAGE_PROMPT = "What is in this picture?"
-PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="  # noqa: E501
 
 
 @pytest.mark.parametrize("stream", STREAMING, ids=_ids(STREAMING, "stream"))

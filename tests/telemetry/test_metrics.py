@@ -218,7 +218,7 @@ def test_label_values_are_capped() -> None:
 async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[UsageQueue, UsageShipper]]:
     server = IngestServer(free_port())
     await server.start()
-    queue = await UsageQueue.open(tmp_path / "usage.db")
+    queue = await UsageQueue.open(tmp_path / "queue")
     settings = ShipperSettings(
         url=server.url, credential=Secret(TOKEN), instance="gw", site="local"
     )

@@ -1,6 +1,6 @@
 """Child process for the SIGKILL test: writes batches of events until it is killed.
 
-Usage: python queue_child.py DB_PATH BATCH_EVENTS. After each committed batch it prints
+Usage: python queue_child.py QUEUE_DIR BATCH_EVENTS. After each committed batch it prints
 ``committed N``, where N counts all events committed so far. Event i has request id
 ``r<i>``, so the parent can tell which events survived.
 """
@@ -30,7 +30,7 @@ def make_event(index: int) -> UsageEvent:
 
 
 async def main(path: str, batch: int) -> None:
-    settings = QueueSettings(batch_events=batch, buffer_events=batch, synchronous="FULL")
+    settings = QueueSettings(batch_events=batch, buffer_events=batch, fsync_interval_s=0)
     queue = await UsageQueue.open(path, settings)
     committed = 0
     while True:

@@ -27,7 +27,7 @@ def _served(builder: UsageBuilder) -> None:
 
 
 async def test_emit_queues_and_records(tmp_path: Path) -> None:
-    queue = await UsageQueue.open(tmp_path / "usage.db")
+    queue = await UsageQueue.open(tmp_path / "queue")
     metrics = GatewayMetrics()
     recorder = UsageRecorder(
         instance="gw-3", site="us", prices=PriceCatalog.default(), queue=queue, metrics=metrics
@@ -52,7 +52,7 @@ async def test_emit_queues_and_records(tmp_path: Path) -> None:
 
 
 async def test_full_queue_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    queue = await UsageQueue.open(tmp_path / "usage.db", QueueSettings(buffer_events=1))
+    queue = await UsageQueue.open(tmp_path / "queue", QueueSettings(buffer_events=1))
     recorder = UsageRecorder(instance="gw", site="s", prices=PriceCatalog.default(), queue=queue)
     try:
         events = [recorder.emit(recorder.start(f"req_{i}", "openai"), 200) for i in range(3)]

@@ -58,7 +58,7 @@ async def _offer(queue: UsageQueue, indexes: range) -> None:
 
 @pytest.fixture
 async def queue(tmp_path: Path) -> AsyncIterator[UsageQueue]:
-    opened = await UsageQueue.open(tmp_path / "usage.db")
+    opened = await UsageQueue.open(tmp_path / "queue")
     try:
         yield opened
     finally:

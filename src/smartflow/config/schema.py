@@ -330,13 +330,29 @@ class UsageShippingSettings(_Strict):
     """Maximum wait between tries while the control plane is unreachable."""
 
 
+class UsageQueueConfig(_Strict):
+    """Bounds and durability of the local queue of usage events (``usage.queue``)."""
+
+    max_events: int = Field(1_000_000, ge=1)
+    """Maximum events kept on disk while the control plane is unreachable."""
+    max_bytes: int = Field(512 * 1024 * 1024, ge=64 * 1024)
+    """Maximum JSON bytes of events kept on disk. The files take up to one segment more."""
+    on_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    """Action at a bound: drop the oldest events, or reject new ones. Either way each
+    event is counted in ``smartflow_usage_events_dropped_total`` and logged."""
+    buffer_events: int = Field(10_000, ge=1)
+    """Events held in memory before they are written; more are rejected and counted."""
+    batch_wait_s: float = Field(0.01, ge=0, le=1)
+    """Seconds the writer waits for more events before writing a batch."""
+    fsync_interval_s: float = Field(1.0, ge=0, le=60)
+    """Seconds between syncs to disk, the most a power loss can lose. With 0 every batch
+    is synced, which costs about twice the CPU per event."""
+
+
 class UsageSettings(_Strict):
     enabled: bool = False
-    """Record a priced usage event per request in a durable queue under ``state_dir``.
-
-    Off by default: with events on, the gateway runs about 31% more instructions per
-    non-streamed request and 37% more per streamed one (callgrind, pass-through to
-    bench/mock_upstream.py, see bench/RESULTS-usage.md), above the 10% budget."""
+    """Record a priced usage event per request in a durable queue under ``state_dir``."""
+    queue: UsageQueueConfig = UsageQueueConfig()
     shipping: UsageShippingSettings | None = None
     """Ship the queued events to a control plane; without it they stay queued on disk."""
 

@@ -33,7 +33,7 @@ from smartflow.telemetry.metrics import GatewayMetrics
 from smartflow.telemetry.tracing import GatewayTracer
 from smartflow.transport.http import HTTPSettings, create_session
 from smartflow.usage.prices import PriceCatalog
-from smartflow.usage.queue import UsageQueue
+from smartflow.usage.queue import QueueSettings, UsageQueue, open_state_queue
 from smartflow.usage.recorder import UsageRecorder
 from smartflow.usage.shipper import shipper_from_config
 
@@ -173,7 +173,9 @@ def build_app(
     shipping = config.usage.shipping
 
     async def usage_context(app: web.Application):  # type: ignore[no-untyped-def]
-        queue = await UsageQueue.open(Path(config.state_dir) / "usage" / "events.db")
+        queue = await open_state_queue(
+            config.state_dir, QueueSettings(**config.usage.queue.model_dump())
+        )
         shipper = None
         if shipping is not None:
             shipper = shipper_from_config(

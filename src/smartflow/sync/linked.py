@@ -43,7 +43,7 @@ from smartflow.sync.state import LinkFiles
 from smartflow.telemetry.metrics import GatewayMetrics
 from smartflow.transport.http import HTTPSettings, create_session
 from smartflow.usage.prices import PriceCatalog
-from smartflow.usage.queue import UsageQueue
+from smartflow.usage.queue import QueueSettings, open_state_queue
 from smartflow.usage.recorder import UsageRecorder
 from smartflow.usage.shipper import ShipperSettings, UsageShipper
 
@@ -459,7 +459,9 @@ def _usage_context(
     """Open the usage queue, and ship its events to the control plane the link goes to."""
 
     async def usage_context(_app: web.Application) -> AsyncIterator[None]:
-        queue = await UsageQueue.open(Path(config.state_dir) / "usage" / "events.db")
+        queue = await open_state_queue(
+            config.state_dir, QueueSettings(**config.usage.queue.model_dump())
+        )
         recorder.queue = queue
         metrics.watch_pipeline(queue)
         # The shipper verifies the control plane's certificate as the sync link does.

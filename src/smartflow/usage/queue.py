@@ -1,48 +1,72 @@
-"""A durable local queue of usage events: SQLite in WAL mode under the state directory.
+"""A durable local queue of usage events: an append-only log of segment files.
 
 Request handlers call ``offer``, which only appends to a bounded in-memory buffer and
-never waits. A writer task moves the buffer to SQLite in batches, one transaction per
-batch, on a single worker thread that owns the connection. After the first event of a
-batch it waits ``batch_wait_s`` (10 ms by default) for more, because a transaction of
-many events costs far less CPU per event than one per request. The shipper reads the oldest
-events with ``read_batch`` and deletes them with ``ack`` once the control plane has
-stored them, so delivery is at least once: an event read but not acknowledged is read
-again, also after a crash or restart.
+never waits. A writer task appends the buffer to the current segment file in batches, one
+``write`` call per batch, on the event loop: a batch of events is a few tens of kilobytes
+written to the page cache, which costs less than handing it to a thread. After the first
+event of a batch the writer waits ``batch_wait_s`` (10 ms by default) for more. The shipper
+reads the oldest events with ``read_batch`` and removes them with ``ack`` once the control
+plane has stored them, so delivery is at least once: an event read but not acknowledged is
+read again, also after a crash or restart. The control plane stores each event id once.
 
-Durability: with ``synchronous=FULL`` (the default) a committed batch survives a process
-kill and a power loss; with ``NORMAL`` it survives a process kill, SIGKILL included, but
-the latest batches may be lost on power loss. Events still in the memory buffer are lost
-when the process dies: an event offered when its request ends is committed within
-``batch_wait_s`` plus the time of one write, unless a failed write makes the writer retry.
-``flush`` and ``close`` write the buffer out.
+Files under the queue directory:
 
-Bounds: ``max_events`` and ``max_bytes`` cap the events on disk, counting the JSON bytes
-of each event. SQLite's page overhead and the WAL (truncated to 64 MiB after each
-checkpoint) come on top. When a bound is reached, ``drop_oldest`` deletes the oldest events
-and ``reject_new`` rejects new ones; each dropped or rejected event is counted.
+- ``segment-<first seq>.log``: one event per line, ``<CRC-32 in 8 hex digits> <JSON>``.
+  The writer starts a new segment past ``segment_bytes``; a segment is deleted once every
+  event in it is acknowledged, dropped or dead-lettered.
+- ``cursor.json``: the oldest event still queued, and the events after it removed out of
+  order (dead-lettered). Losing it only means events are sent again.
+- ``dead.log`` and ``dead.log.1``: events the control plane rejected for good, one JSON
+  object per line with the event id, the reason and the event; at most 10,000 in all.
+
+Durability: a batch written survives a process kill, SIGKILL included, because it is in
+the kernel's page cache. The files are synced to disk every ``fsync_interval_s`` seconds
+(1 s by default), so a power loss loses at most that much; with 0 each batch is synced
+before ``flush`` returns. Events still in the memory buffer are lost when the process
+dies: an event offered when its request ends is written within ``batch_wait_s``, unless a
+failed write makes the writer retry. ``flush`` and ``close`` write the buffer out. On
+open, a line cut short by a crash is cut off, and a line whose checksum fails elsewhere
+is moved to the dead letters.
+
+Bounds: ``max_events`` and ``max_bytes`` cap the queued events, counting the JSON bytes of
+each event; the files take up to one segment more. When a bound is reached,
+``drop_oldest`` removes the oldest events and ``reject_new`` rejects new ones; each dropped
+or rejected event is counted.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
-import collections
+import bisect
 import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import orjson
+
 from smartflow.core.errors import ConfigError
 from smartflow.usage.events import UsageEvent
 from smartflow.usage.feedback import FeedbackEvent
 
-__all__ = ["OnFull", "QueueItem", "QueueSettings", "QueueStats", "QueuedEvent", "UsageQueue"]
+__all__ = [
+    "OnFull",
+    "QueueItem",
+    "QueueSettings",
+    "QueueStats",
+    "QueuedEvent",
+    "UsageQueue",
+    "open_state_queue",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,33 +74,16 @@ T = TypeVar("T")
 
 OnFull = Literal["drop_oldest", "reject_new"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    body BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_events (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    body BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    dead_ms INTEGER NOT NULL
-);
-"""
-# AUTOINCREMENT keeps a deleted row's seq from being reused, so a late ack of an old seq
-# can never delete a newer event.
-
 QueueItem = UsageEvent | FeedbackEvent
 """An item of the queue: a usage event or a feedback score, shipped alike."""
 
-_INSERT = "INSERT INTO events (event_id, body, size, created_ms) VALUES (?, ?, ?, ?)"
-_INSERT_OR_IGNORE = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
-
 _RETRY_WRITE_S = 1.0
 _MAX_DEAD_EVENTS = 10_000
+_PREFIX = 9
+"""Bytes before the JSON of a line: eight hex digits of the checksum and a space."""
+_SEGMENT_GLOB = "segment-*.log"
+_CURSOR = "cursor.json"
+_DEAD = "dead.log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +94,14 @@ class QueueSettings:
     buffer_events: int = 10_000
     """Events held in memory before the writer stores them; ``offer`` rejects more."""
     batch_events: int = 500
-    """Maximum events per write transaction."""
+    """Maximum events per write."""
     batch_wait_s: float = 0.01
     """Seconds the writer waits for more events before it writes a batch smaller than
-    ``batch_events``. Batches of many events cost far less CPU per event than one write per
-    request, and an event may stay this much longer in memory before it is on disk."""
-    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    ``batch_events``. Few large writes cost less CPU per event than one per request, and
+    an event may stay this much longer in memory before it is written."""
+    fsync_interval_s: float = 1.0
+    """Seconds between syncs of the queue files to disk: the most a power loss can lose.
+    With 0 every batch is synced before ``flush`` returns."""
 
     def __post_init__(self) -> None:
         for name in ("max_events", "max_bytes", "buffer_events", "batch_events"):
@@ -102,31 +111,45 @@ class QueueSettings:
             raise ConfigError(
                 f"usage queue batch_wait_s must be from 0 to 1 second, not {self.batch_wait_s!r}."
             )
+        if not 0 <= self.fsync_interval_s <= 60:
+            raise ConfigError(
+                "usage queue fsync_interval_s must be from 0 to 60 seconds, not "
+                f"{self.fsync_interval_s!r}."
+            )
         if self.on_full not in ("drop_oldest", "reject_new"):
             raise ConfigError(
                 f"usage queue on_full must be drop_oldest or reject_new, not {self.on_full!r}."
             )
-        if self.synchronous not in ("FULL", "NORMAL"):
-            raise ConfigError(
-                f"usage queue synchronous must be FULL or NORMAL, not {self.synchronous!r}."
-            )
+
+    @property
+    def segment_bytes(self) -> int:
+        """File size past which the writer starts a new segment."""
+        return min(max(self.max_bytes // 8, 64 * 1024), 16 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
 class QueuedEvent:
-    """An event on disk: ``seq`` is its queue position, which ``ack`` takes."""
+    """An event in the queue: ``seq`` is its position, which ``ack`` takes."""
 
     seq: int
-    event_id: str
     body: bytes
+
+    @property
+    def event_id(self) -> str:
+        """The event's id, read from its JSON (for logs; not on the shipping path)."""
+        try:
+            value = orjson.loads(self.body).get("event_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return "?"
+        return value if isinstance(value, str) else "?"
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     depth: int
-    """Events on disk, not yet acknowledged."""
+    """Events queued, not yet acknowledged."""
     bytes: int
-    """JSON bytes of the events on disk."""
+    """JSON bytes of the events queued."""
     buffered: int
     """Events offered and not yet written."""
     written: int
@@ -157,26 +180,59 @@ class QueueStats:
         return self.buffer_fill >= 0.8 or self.disk_fill >= 0.9
 
 
-class UsageQueue:
-    """See the module docstring. Create one with ``await UsageQueue.open(path)``."""
+class _Segment:
+    """One segment file: the start offset of each line, in order of ``seq``."""
 
-    def __init__(self, path: Path, settings: QueueSettings) -> None:
+    __slots__ = ("end", "first_seq", "path", "starts")
+
+    def __init__(self, path: Path, first_seq: int) -> None:
         self.path = path
+        self.first_seq = first_seq
+        self.starts = array.array("q")
+        self.end = 0
+        """Offset just past the last complete line."""
+
+    @property
+    def next_seq(self) -> int:
+        return self.first_seq + len(self.starts)
+
+    def span(self, seq: int) -> tuple[int, int]:
+        """Return the start and end offsets of the line of ``seq``, newline included."""
+        index = seq - self.first_seq
+        start = self.starts[index]
+        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.end
+        return start, end
+
+
+class UsageQueue:
+    """See the module docstring. Create one with ``await UsageQueue.open(directory)``."""
+
+    def __init__(self, directory: Path, settings: QueueSettings) -> None:
+        self.directory = directory
         self.settings = settings
+        # Syncs to disk run on this thread, so the event loop does not wait for them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-queue")
-        self._connection: sqlite3.Connection | None = None
         self._lock_file: int | None = None
-        self._buffer: collections.deque[QueueItem] = collections.deque()
+        self._segments: list[_Segment] = []
+        self._firsts: list[int] = []
+        """``first_seq`` of each segment, for bisection."""
+        self._fd: int | None = None
+        """The current (last) segment, open for appending."""
+        self._head = 0
+        """The oldest seq that may still be queued."""
+        self._removed: set[int] = set()
+        """Seqs after ``_head`` removed out of order."""
+        self._buffer: list[QueueItem] = []
         self._wakeup = asyncio.Event()
         self._has_events = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._unsynced = False
         self._closing = False
-        # Written by the worker thread only; read anywhere.
         self._depth = 0
         self._bytes = 0
-        # Updated on the event loop only.
         self._written = 0
         self._dropped_oldest = 0
         self._rejected_full = 0
@@ -185,25 +241,28 @@ class UsageQueue:
         self._write_errors = 0
 
     @classmethod
-    async def open(cls, path: str | Path, settings: QueueSettings | None = None) -> UsageQueue:
-        """Open or create the queue database at ``path`` and start its writer task.
+    async def open(cls, directory: str | Path, settings: QueueSettings | None = None) -> UsageQueue:
+        """Open or create the queue in ``directory`` and start its writer task.
 
         Raises:
-            ConfigError: the directory cannot be created, another process has the queue
-                open, or the file is not a usable SQLite database.
+            ConfigError: the directory cannot be created or read, or another process has
+                the queue open.
         """
-        queue = cls(Path(path), settings or QueueSettings())
+        queue = cls(Path(directory), settings or QueueSettings())
         try:
-            await queue._run(queue._open_database)
+            await queue._run(queue._load)
         except BaseException:
+            queue._release()
             queue._executor.shutdown(wait=False)
             raise
         if queue._depth:
             queue._has_events.set()
         queue._writer = asyncio.create_task(queue._write_loop(), name="usage-queue-writer")
+        if queue.settings.fsync_interval_s:
+            queue._syncer = asyncio.create_task(queue._sync_loop(), name="usage-queue-sync")
         logger.info(
             "usage queue opened at %s: %d events, %d bytes pending",
-            path,
+            directory,
             queue._depth,
             queue._bytes,
         )
@@ -217,18 +276,16 @@ class UsageQueue:
         An event is rejected, and counted, when the memory buffer is full or when the
         disk bound is reached under ``reject_new``. Never raises.
         """
-        if self._closing:
-            self._buffer_overflow += 1
-            return False
-        if len(self._buffer) >= self.settings.buffer_events:
+        if self._closing or len(self._buffer) >= self.settings.buffer_events:
             self._buffer_overflow += 1
             return False
         if self.settings.on_full == "reject_new" and self._disk_full():
             self._rejected_full += 1
             return False
         self._buffer.append(event)
-        self._idle.clear()
-        self._wakeup.set()
+        if self._idle.is_set():
+            self._idle.clear()
+            self._wakeup.set()
         return True
 
     def stats(self) -> QueueStats:
@@ -249,28 +306,57 @@ class UsageQueue:
     # --- the shipper's side -------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Return once every event offered so far is committed to disk (or rejected)."""
+        """Return once every event offered so far is written (or rejected), and synced to
+        disk when ``fsync_interval_s`` is 0."""
         await self._idle.wait()
 
     async def read_batch(self, limit: int) -> list[QueuedEvent]:
-        """Return up to ``limit`` of the oldest events on disk, without removing them."""
-        batch = await self._run(self._select, limit)
+        """Return up to ``limit`` of the oldest queued events, without removing them."""
+        batch: list[QueuedEvent] = []
+        seq = self._head
+        index = max(self._segment_index(seq), 0)
+        while len(batch) < limit and 0 <= index < len(self._segments):
+            segment = self._segments[index]
+            seq = max(seq, segment.first_seq)
+            stop = min(segment.next_seq, seq + limit - len(batch))
+            if self._removed:
+                seqs = [s for s in range(seq, segment.next_seq) if s not in self._removed]
+                seqs = seqs[: limit - len(batch)]
+            else:
+                seqs = list(range(seq, stop))
+            if seqs:
+                batch.extend(self._read_lines(segment, seqs))
+            index += 1
         if not batch:
             self._has_events.clear()
         return batch
 
     async def ack(self, seqs: Iterable[int]) -> int:
-        """Delete the events at ``seqs``; returns how many were still there."""
-        return await self._run(self._delete, sorted(set(seqs)))
+        """Remove the events at ``seqs``; returns how many were still queued."""
+        removed = self._remove(seqs)
+        if removed:
+            self._advance_head()
+            self._save_cursor()
+        return removed
 
     async def dead_letter(self, seqs: Iterable[int], reason: str) -> int:
-        """Move events the control plane rejected for good to the ``dead_events`` table."""
-        moved = await self._run(self._move_to_dead, sorted(set(seqs)), reason)
+        """Move events the control plane rejected for good to the dead letters."""
+        queued = sorted({seq for seq in seqs if self._is_queued(seq)})
+        if not queued:
+            return 0
+        lines = []
+        now_ms = int(time.time() * 1000)
+        for event in self._read_many(queued):
+            lines.append(_dead_line(event.event_id, reason, now_ms, event.body))
+        self._append_dead(lines)
+        moved = self._remove(queued)
+        self._advance_head()
+        self._save_cursor()
         self._dead_lettered += moved
         return moved
 
     async def wait_for_events(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for events on disk; returns whether there are."""
+        """Wait up to ``timeout`` seconds for queued events; returns whether there are."""
         if self._depth:
             return True
         with contextlib.suppress(TimeoutError):
@@ -279,18 +365,39 @@ class UsageQueue:
         return self._depth > 0
 
     async def close(self) -> None:
-        """Write out the buffer, stop the writer and close the database."""
+        """Write out the buffer, sync the files, stop the tasks and release the queue."""
         if self._closing:
             return
         self._closing = True
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
-        await self._run(self._close_database)
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+        self._save_cursor()
+        await self._run(self._sync_files)
+        self._release()
         self._executor.shutdown(wait=True)
-        logger.info("usage queue at %s closed: %d events pending", self.path, self._depth)
+        logger.info("usage queue at %s closed: %d events pending", self.directory, self._depth)
 
-    # --- the writer task ----------------------------------------------------------------
+    async def import_sqlite(self, path: Path) -> int:
+        """Queue the pending events of a SQLite queue file of earlier releases, then rename
+        the file to ``<name>.imported``; returns how many events were queued."""
+        bodies = await self._run(_read_sqlite_queue, path)
+        step = self.settings.batch_events
+        for start in range(0, len(bodies), step):
+            self._append_lines([_line(body) for body in bodies[start : start + step]])
+            self._drop_oldest()
+        await self._run(self._sync_files)
+        path.rename(path.with_name(path.name + ".imported"))
+        if bodies:
+            self._has_events.set()
+        logger.info("usage queue: imported %d events from %s", len(bodies), path)
+        return len(bodies)
+
+    # --- the writer ---------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
         while True:
@@ -300,9 +407,13 @@ class UsageQueue:
             if wait and not self._closing and len(self._buffer) < self.settings.batch_events:
                 await asyncio.sleep(wait)
             while self._buffer:
-                batch = list(self._take(self.settings.batch_events))
-                if await self._write(batch):
+                count = self.settings.batch_events
+                batch, self._buffer = self._buffer[:count], self._buffer[count:]
+                if self._write(batch):
+                    if not self.settings.fsync_interval_s:
+                        await self._run(self._sync_files)
                     continue
+                self._buffer[:0] = batch
                 if self._closing:
                     logger.error("usage queue: %d events lost at close", len(self._buffer))
                     self._buffer.clear()
@@ -312,24 +423,36 @@ class UsageQueue:
             if self._closing:
                 return
 
-    async def _write(self, batch: list[QueueItem]) -> bool:
-        """Store one batch; on failure put it back at the head of the buffer."""
+    def _write(self, batch: list[QueueItem]) -> bool:
+        """Append one batch; False if the write failed (the file is left as it was)."""
+        reject_new = self.settings.on_full == "reject_new"
+        max_events, max_bytes = self.settings.max_events, self.settings.max_bytes
+        depth, size = self._depth, self._bytes
+        lines = []
+        rejected = 0
+        for event in batch:
+            body = event.to_json()
+            if reject_new and (depth + 1 > max_events or size + len(body) > max_bytes):
+                rejected += 1
+                continue
+            lines.append(_line(body))
+            depth += 1
+            size += len(body)
         try:
-            inserted, dropped, rejected = await self._run(self._insert, batch)
-        except sqlite3.Error as exc:
+            self._append_lines(lines)
+        except OSError as exc:
             self._write_errors += 1
-            self._buffer.extendleft(reversed(batch))
             logger.error(
                 "usage queue: writing %d events to %s failed (%s); retrying in %.0f s",
                 len(batch),
-                self.path,
+                self.directory,
                 exc,
                 _RETRY_WRITE_S,
             )
             return False
-        self._written += inserted
-        self._dropped_oldest += dropped
+        self._written += len(lines)
         self._rejected_full += rejected
+        dropped = self._drop_oldest() if self.settings.on_full == "drop_oldest" else 0
         if dropped or rejected:
             logger.warning(
                 "usage queue is full (%d events, %d bytes): %d oldest dropped, %d new rejected",
@@ -338,13 +461,296 @@ class UsageQueue:
                 dropped,
                 rejected,
             )
-        if inserted:
+        if lines:
             self._has_events.set()
         return True
 
-    def _take(self, count: int) -> Iterable[QueueItem]:
-        for _ in range(min(count, len(self._buffer))):
-            yield self._buffer.popleft()
+    def _append_lines(self, lines: list[bytes]) -> None:
+        """Append ``lines`` to the current segment with one write.
+
+        Raises:
+            OSError: the write failed; a part written is cut off again.
+        """
+        if not lines:
+            return
+        segment = self._segments[-1]
+        if segment.end >= self.settings.segment_bytes:
+            segment = self._start_segment(segment.next_seq)
+        fd = self._fd
+        assert fd is not None
+        data = b"".join(lines)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, data[done:] if done else data)
+        except OSError:
+            if done:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, segment.end)
+            raise
+        offset = segment.end
+        starts = segment.starts
+        for line in lines:
+            starts.append(offset)
+            offset += len(line)
+            self._bytes += len(line) - _PREFIX - 1
+        segment.end = offset
+        self._depth += len(lines)
+        self._unsynced = True
+
+    def _start_segment(self, first_seq: int) -> _Segment:
+        """Close the current segment and start a new one at ``first_seq``."""
+        old = self._fd
+        segment = _Segment(self.directory / f"segment-{first_seq:020d}.log", first_seq)
+        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._segments.append(segment)
+        self._firsts.append(first_seq)
+        if old is not None:
+            # Synced and closed on the worker thread, after any sync already running.
+            self._executor.submit(_sync_and_close, old, self.directory)
+        return segment
+
+    def _drop_oldest(self) -> int:
+        """Remove the oldest events until both bounds hold; returns how many."""
+        max_events, max_bytes = self.settings.max_events, self.settings.max_bytes
+        if self._depth <= max_events and self._bytes <= max_bytes:
+            return 0
+        dropped = 0
+        seq = self._head
+        while (self._depth > max_events or self._bytes > max_bytes) and self._depth:
+            if self._is_queued(seq):
+                dropped += self._remove([seq])
+            seq += 1
+        self._advance_head()
+        self._save_cursor()
+        self._dropped_oldest += dropped
+        return dropped
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.fsync_interval_s)
+            if self._unsynced:
+                try:
+                    await self._run(self._sync_files)
+                except OSError as exc:
+                    logger.error("usage queue: syncing %s to disk failed: %s", self.directory, exc)
+
+    def _sync_files(self) -> None:
+        """Sync the current segment and the directory; runs on the worker thread."""
+        self._unsynced = False
+        if self._fd is not None:
+            os.fsync(self._fd)
+        _sync_directory(self.directory)
+
+    # --- removal ------------------------------------------------------------------------
+
+    def _is_queued(self, seq: int) -> bool:
+        if seq < self._head or seq in self._removed:
+            return False
+        index = self._segment_index(seq)
+        return index >= 0 and seq < self._segments[index].next_seq
+
+    def _remove(self, seqs: Iterable[int]) -> int:
+        """Remove the queued events among ``seqs``; returns how many there were.
+
+        The shipper acknowledges runs of consecutive events, so each run is counted from
+        the line offsets of its segments rather than event by event.
+        """
+        ordered = sorted(set(seqs))
+        removed = 0
+        start = 0
+        while start < len(ordered):
+            stop = start + 1
+            while stop < len(ordered) and ordered[stop] == ordered[stop - 1] + 1:
+                stop += 1
+            removed += self._remove_run(max(ordered[start], self._head), ordered[stop - 1] + 1)
+            start = stop
+        return removed
+
+    def _remove_run(self, low: int, high: int) -> int:
+        """Remove the queued events from ``low`` up to, not including, ``high``."""
+        removed = 0
+        seq = low
+        while seq < high:
+            index = self._segment_index(seq)
+            if index < 0:
+                seq = self._firsts[0] if self._firsts else high
+                continue
+            segment = self._segments[index]
+            stop = min(high, segment.next_seq)
+            if seq < stop:
+                gone = [s for s in self._removed if seq <= s < stop] if self._removed else []
+                first, _ = segment.span(seq)
+                _, last = segment.span(stop - 1)
+                size = last - first - (stop - seq) * (_PREFIX + 1)
+                for old in gone:
+                    old_start, old_end = segment.span(old)
+                    size -= old_end - old_start - _PREFIX - 1
+                count = stop - seq - len(gone)
+                self._removed.update(range(seq, stop))
+                self._depth -= count
+                self._bytes -= size
+                removed += count
+            # Past this segment: go on at the next one, over any gap between them.
+            seq = self._firsts[index + 1] if index + 1 < len(self._firsts) else high
+        return removed
+
+    def _advance_head(self) -> None:
+        """Move the head past removed events and delete the segments behind it."""
+        last = self._segments[-1].next_seq
+        while self._head < last:
+            if self._head in self._removed:
+                self._removed.discard(self._head)
+            elif self._is_queued(self._head):
+                break
+            self._head += 1
+        while len(self._segments) > 1 and self._segments[0].next_seq <= self._head:
+            segment = self._segments.pop(0)
+            self._firsts.pop(0)
+            segment.path.unlink(missing_ok=True)
+
+    def _save_cursor(self) -> None:
+        data = orjson.dumps({"head": self._head, "removed": sorted(self._removed)})
+        _replace_file(self.directory / _CURSOR, data)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _segment_index(self, seq: int) -> int:
+        return bisect.bisect_right(self._firsts, seq) - 1
+
+    def _read_lines(self, segment: _Segment, seqs: list[int]) -> list[QueuedEvent]:
+        """Read the lines of ``seqs`` (ascending, all in ``segment``) with one read."""
+        first, _ = segment.span(seqs[0])
+        _, last = segment.span(seqs[-1])
+        with open(segment.path, "rb") as file:
+            file.seek(first)
+            data = file.read(last - first)
+        events = []
+        starts, offset = segment.starts, segment.first_seq
+        for seq in seqs:
+            index = seq - offset
+            start = starts[index] - first + _PREFIX
+            end = (starts[index + 1] if index + 1 < len(starts) else segment.end) - first - 1
+            events.append(QueuedEvent(seq, data[start:end]))
+        return events
+
+    def _read_many(self, seqs: list[int]) -> list[QueuedEvent]:
+        events = []
+        for seq in seqs:
+            events.extend(self._read_lines(self._segments[self._segment_index(seq)], [seq]))
+        return events
+
+    def _append_dead(self, lines: list[bytes]) -> None:
+        """Append to the dead letters; keeps two files of at most half the bound each."""
+        path = self.directory / _DEAD
+        with contextlib.suppress(FileNotFoundError):
+            with open(path, "rb") as file:
+                count = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 16), b""))
+            if count + len(lines) > _MAX_DEAD_EVENTS // 2:
+                path.replace(path.with_name(_DEAD + ".1"))
+        with open(path, "ab") as file:
+            file.write(b"".join(lines))
+
+    # --- opening ------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Lock the directory and index its segments; runs on the worker thread."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _lock_exclusively(self.directory / "lock", self.directory)
+            paths = sorted(self.directory.glob(_SEGMENT_GLOB))
+            self._head = self._load_cursor()
+            for path in paths:
+                self._index_segment(path, is_last=path == paths[-1])
+            if not self._segments:
+                self._start_segment(self._head)
+            else:
+                self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            last_seq = self._segments[-1].next_seq
+            # A cursor from other files must not hide events written after it.
+            self._head = min(max(self._head, self._segments[0].first_seq), last_seq)
+            self._removed = {seq for seq in self._removed if seq >= self._head}
+            self._depth = self._bytes = 0
+            for segment in self._segments:
+                for seq in range(max(segment.first_seq, self._head), segment.next_seq):
+                    if seq not in self._removed:
+                        start, end = segment.span(seq)
+                        self._depth += 1
+                        self._bytes += end - start - _PREFIX - 1
+            self._advance_head()
+        except OSError as exc:
+            raise ConfigError(f"Cannot open the usage queue at {self.directory}: {exc}.") from exc
+
+    def _load_cursor(self) -> int:
+        path = self.directory / _CURSOR
+        try:
+            data = orjson.loads(path.read_bytes())
+            head = int(data["head"])
+            self._removed = {int(seq) for seq in data["removed"]}
+        except FileNotFoundError:
+            return 0
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+            logger.error(
+                "usage queue: %s is unreadable (%s); sending every queued event again",
+                path,
+                exc,
+            )
+            self._removed = set()
+            return 0
+        return head
+
+    def _index_segment(self, path: Path, *, is_last: bool) -> None:
+        try:
+            first_seq = int(path.stem.removeprefix("segment-"))
+        except ValueError:
+            logger.error("usage queue: ignoring %s, whose name is not a segment's", path)
+            return
+        if self._segments and first_seq < self._segments[-1].next_seq:
+            logger.error("usage queue: %s overlaps the segment before it; ignoring it", path.name)
+            return
+        segment = _Segment(path, first_seq)
+        data = path.read_bytes()
+
+        corrupt = []
+        offset = 0
+        while offset < len(data):
+            end = data.find(b"\n", offset)
+            if end < 0:
+                break
+            if not _valid(data, offset, end):
+                if is_last and data.find(b"\n", end + 1) < 0:
+                    break  # the last line, cut short by a crash
+                corrupt.append((segment.next_seq, data[offset:end]))
+            segment.starts.append(offset)
+            offset = end + 1
+
+        if offset < len(data):
+            logger.warning(
+                "usage queue: cutting %d bytes of an unfinished line off %s",
+                len(data) - offset,
+                path.name,
+            )
+            with open(path, "r+b") as file:
+                file.truncate(offset)
+        segment.end = offset
+        self._segments.append(segment)
+        self._firsts.append(first_seq)
+
+        if corrupt:
+            now_ms = int(time.time() * 1000)
+            self._append_dead(
+                [_dead_line(None, "corrupt line in the queue", now_ms, raw) for _, raw in corrupt]
+            )
+            self._removed.update(seq for seq, _ in corrupt)
+            self._dead_lettered += len(corrupt)
+            logger.error(
+                "usage queue: %d lines of %s failed their checksum; moved to %s",
+                len(corrupt),
+                path.name,
+                _DEAD,
+            )
+
+    # --- helpers ------------------------------------------------------------------------
 
     def _disk_full(self) -> bool:
         return self._depth >= self.settings.max_events or self._bytes >= self.settings.max_bytes
@@ -353,195 +759,100 @@ class UsageQueue:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, function, *args)
 
-    # --- the worker thread --------------------------------------------------------------
-
-    def _open_database(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
-            connection = sqlite3.connect(self.path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"Cannot open the usage queue at {self.path}: {exc}.") from exc
-        try:
-            # auto_vacuum only takes effect before the first table is created.
-            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ConfigError(f"The usage queue at {self.path} cannot use WAL mode ({mode}).")
-            connection.execute(f"PRAGMA synchronous={self.settings.synchronous}")
-            connection.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-            connection.executescript(_SCHEMA)
-            depth, size = connection.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM events"
-            ).fetchone()
-        except sqlite3.Error as exc:
-            connection.close()
-            raise ConfigError(
-                f"The usage queue at {self.path} is not a usable SQLite database: {exc}. Move "
-                "the file aside to start an empty queue."
-            ) from exc
-        self._connection = connection
-        self._depth, self._bytes = int(depth), int(size)
-
-    def _close_database(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
 
-    def _db(self) -> sqlite3.Connection:
-        if self._connection is None:
-            raise sqlite3.ProgrammingError("the usage queue is closed")
-        return self._connection
 
-    def _insert(self, events: Sequence[QueueItem]) -> tuple[int, int, int]:
-        """Store ``events`` in one transaction; returns (inserted, dropped, rejected)."""
-        db = self._db()
-        rows, depth, size, rejected = self._rows(events, self._depth, self._bytes)
-        db.execute("BEGIN IMMEDIATE")
+async def open_state_queue(state_dir: str | Path, settings: QueueSettings) -> UsageQueue:
+    """Open the queue of an instance under ``state_dir/usage``, taking over the events of
+    the SQLite queue file (``usage/events.db``) that earlier releases kept there."""
+    usage_dir = Path(state_dir) / "usage"
+    queue = await UsageQueue.open(usage_dir / "queue", settings)
+    legacy = usage_dir / "events.db"
+    if legacy.exists():
         try:
-            try:
-                db.executemany(_INSERT, rows)
-                inserted = len(rows)
-            except sqlite3.IntegrityError:
-                # An event id already stored: redo the batch row by row, skipping those.
-                db.execute("ROLLBACK")
-                db.execute("BEGIN IMMEDIATE")
-                inserted, depth, size = self._insert_each(db, rows, self._depth, self._bytes)
-            dropped = 0
-            if self.settings.on_full == "drop_oldest":
-                dropped, depth, size = self._drop_oldest(db, depth, size)
-            db.execute("COMMIT")
+            await queue.import_sqlite(legacy)
         except BaseException:
-            db.execute("ROLLBACK")
+            await queue.close()
             raise
-        self._depth, self._bytes = depth, size
-        return inserted, dropped, rejected
+    return queue
 
-    def _rows(
-        self, events: Sequence[QueueItem], depth: int, size: int
-    ) -> tuple[list[tuple[str, bytes, int, int]], int, int, int]:
-        """Serialise ``events`` as rows; returns them, the new depth and size, and how many
-        were rejected under ``reject_new``."""
-        now_ms = int(time.time() * 1000)
-        reject_new = self.settings.on_full == "reject_new"
-        max_events, max_bytes = self.settings.max_events, self.settings.max_bytes
-        rows = []
-        rejected = 0
-        for event in events:
-            body = event.to_json()
-            if reject_new and (depth + 1 > max_events or size + len(body) > max_bytes):
-                rejected += 1
-                continue
-            rows.append((event.event_id, body, len(body), now_ms))
-            depth += 1
-            size += len(body)
-        return rows, depth, size, rejected
 
-    @staticmethod
-    def _insert_each(
-        db: sqlite3.Connection, rows: list[tuple[str, bytes, int, int]], depth: int, size: int
-    ) -> tuple[int, int, int]:
-        inserted = 0
-        for row in rows:
-            cursor = db.execute(_INSERT_OR_IGNORE, row)
-            if cursor.rowcount == 1:
-                inserted += 1
-                depth += 1
-                size += row[2]
-        return inserted, depth, size
+def _line(body: bytes) -> bytes:
+    return b"%08x %b\n" % (zlib.crc32(body), body)
 
-    def _drop_oldest(self, db: sqlite3.Connection, depth: int, size: int) -> tuple[int, int, int]:
-        """Delete the oldest events until both bounds hold; returns (dropped, depth, size)."""
-        excess_events = depth - self.settings.max_events
-        excess_bytes = size - self.settings.max_bytes
-        if excess_events <= 0 and excess_bytes <= 0:
-            return 0, depth, size
-        dropped = freed = 0
-        last_seq = None
-        for seq, row_size in db.execute("SELECT seq, size FROM events ORDER BY seq"):
-            if dropped >= excess_events and freed >= excess_bytes:
-                break
-            dropped += 1
-            freed += row_size
-            last_seq = seq
-        if last_seq is not None:
-            db.execute("DELETE FROM events WHERE seq <= ?", (last_seq,))
-        return dropped, depth - dropped, size - freed
 
-    def _select(self, limit: int) -> list[QueuedEvent]:
-        rows = self._db().execute(
-            "SELECT seq, event_id, body FROM events ORDER BY seq LIMIT ?", (limit,)
+def _valid(data: bytes, start: int, end: int) -> bool:
+    """Return whether the line ``data[start:end]`` has the form and checksum of a queue line."""
+    if end - start <= _PREFIX or data[start + _PREFIX - 1] != 0x20:
+        return False
+    try:
+        checksum = int(data[start : start + _PREFIX - 1], 16)
+    except ValueError:
+        return False
+    return zlib.crc32(data[start + _PREFIX : end]) == checksum
+
+
+def _dead_line(event_id: str | None, reason: str, now_ms: int, body: bytes) -> bytes:
+    try:
+        event: object = orjson.Fragment(body) if body[:1] == b"{" else body.decode()
+        return orjson.dumps(
+            {"event_id": event_id, "reason": reason[:500], "dead_ms": now_ms, "event": event},
+            option=orjson.OPT_APPEND_NEWLINE,
         )
-        return [QueuedEvent(seq, event_id, bytes(body)) for seq, event_id, body in rows]
-
-    def _delete(self, seqs: list[int]) -> int:
-        if not seqs:
-            return 0
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            removed, freed = self._delete_rows(db, seqs)
-            db.execute("PRAGMA incremental_vacuum(256)")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._depth -= removed
-        self._bytes -= freed
-        return removed
-
-    def _move_to_dead(self, seqs: list[int], reason: str) -> int:
-        if not seqs:
-            return 0
-        db = self._db()
-        now_ms = int(time.time() * 1000)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for chunk in _chunks(seqs, 500):
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    "INSERT OR REPLACE INTO dead_events (seq, event_id, body, reason, dead_ms) "
-                    f"SELECT seq, event_id, body, ?, ? FROM events WHERE seq IN ({marks})",
-                    (reason[:500], now_ms, *chunk),
-                )
-            removed, freed = self._delete_rows(db, seqs)
-            db.execute(
-                "DELETE FROM dead_events WHERE seq NOT IN "
-                "(SELECT seq FROM dead_events ORDER BY seq DESC LIMIT ?)",
-                (_MAX_DEAD_EVENTS,),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._depth -= removed
-        self._bytes -= freed
-        return removed
-
-    @staticmethod
-    def _delete_rows(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
-        removed = freed = 0
-        for chunk in _chunks(seqs, 500):
-            marks = ",".join("?" * len(chunk))
-            count, size = db.execute(
-                f"SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq IN ({marks})",
-                chunk,
-            ).fetchone()
-            db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
-            removed += int(count)
-            freed += int(size)
-        return removed, freed
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        text = body.decode("utf-8", "replace")
+        return orjson.dumps(
+            {"event_id": event_id, "reason": reason[:500], "dead_ms": now_ms, "event": text},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
 
 
-def _chunks(values: list[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
+def _sync_and_close(fd: int, directory: Path) -> None:
+    try:
+        os.fsync(fd)
+        _sync_directory(directory)
+    except OSError as exc:
+        logger.error("usage queue: syncing a finished segment of %s failed: %s", directory, exc)
+    finally:
+        os.close(fd)
 
 
-def _lock_exclusively(path: Path) -> int:
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``path`` whole by renaming a new file over it, so a crash leaves either
+    version."""
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_bytes(data)
+    temporary.replace(path)
+
+
+def _read_sqlite_queue(path: Path) -> list[bytes]:
+    """Return the pending event bodies of a SQLite queue file of earlier releases."""
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT body FROM events ORDER BY seq").fetchall()
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"Cannot read the earlier usage queue {path}: {exc}. Move it aside to start "
+            "without its events."
+        ) from exc
+    return [bytes(body) for (body,) in rows]
+
+
+def _lock_exclusively(path: Path, directory: Path) -> int:
     """Take an exclusive advisory lock on ``path``, held until its descriptor is closed.
 
     Raises:
@@ -553,7 +864,7 @@ def _lock_exclusively(path: Path) -> int:
     except BlockingIOError:
         os.close(descriptor)
         raise ConfigError(
-            f"The usage queue {path.with_suffix('')} is in use by another process. Give each "
-            "gateway instance its own state_dir."
+            f"The usage queue {directory} is in use by another process. Give each gateway "
+            "instance its own state_dir."
         ) from None
     return descriptor

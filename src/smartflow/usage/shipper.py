@@ -14,7 +14,7 @@ so a batch whose response was lost is sent again. Responses:
 - 2xx: the batch is stored; its events are deleted from the queue.
 - 400, 413, 422: the batch was rejected for its content. The shipper splits it in halves
   to isolate the bad events, and moves an event rejected on its own to the queue's
-  ``dead_events`` table.
+  dead letters (``dead.log`` in the queue directory).
 - anything else (401, 403, 404, 408, 429, 5xx), a timeout or a connection error: the
   batch stays queued and is retried after an exponential backoff with full jitter, or
   after ``Retry-After`` seconds when the response has that header.
@@ -195,7 +195,7 @@ class UsageShipper:
             await self.queue.dead_letter([event.seq], reason)
             self.stats.dead_lettered += 1
             logger.error(
-                "usage shipper: the control plane rejected event %s (%s); moved to dead_events",
+                "usage shipper: the control plane rejected event %s (%s); moved it to dead.log",
                 event.event_id,
                 reason,
             )
