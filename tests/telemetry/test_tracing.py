@@ -9,22 +9,29 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from smartflow.config.schema import parse_config
+from smartflow.config.schema import ImageFetchSettings, parse_config
 from smartflow.core.errors import ConfigError
 from smartflow.gateway.app import RunningGateway, build_app, start_gateway
 from smartflow.sim.openai import OpenAISimulator
-from smartflow.telemetry.tracing import parse_headers
+from smartflow.telemetry.tracing import GatewayTracer, parse_headers
+from smartflow.transport.fetch import ImageFetcher
 from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY, stack_config
+from tests.transport.imageserver import ImageServer
 from tests.usage.ingest_server import free_port
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -317,3 +324,49 @@ def test_headers_env_must_exist() -> None:
     )
     with pytest.raises(ConfigError, match="NOPE_VAR is not set"):
         build_app(config, environ={"TEST_PROVIDER_KEY": PROVIDER_KEY})
+
+
+async def test_image_fetch_gets_no_traceparent() -> None:
+    # A traced handler fetches an image and then calls its upstream on one session, as the
+    # gateway does for providers that take image bytes.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = GatewayTracer(provider, instance="gw-1", site="hq")
+    fetcher = ImageFetcher(ImageFetchSettings(allow_cidrs=["127.0.0.1/32"]))
+    upstream_traceparents: list[str | None] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        upstream_traceparents.append(request.headers.get("traceparent"))
+        return web.json_response({})
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/call", upstream)
+    async with (
+        ImageServer() as images,
+        TestServer(upstream_app, host="127.0.0.1") as upstream_server,
+        aiohttp.ClientSession(trace_configs=[tracer.trace_config()]) as session,
+    ):
+
+        async def handler(request: web.Request) -> web.Response:
+            image = await fetcher.fetch(
+                session, f"{images.url}/cat.png", field="image_url", request_id="req-1"
+            )
+            async with session.post(upstream_server.make_url("/call")) as response:
+                await response.read()
+            return web.json_response({"media_type": image.media_type})
+
+        app = web.Application(middlewares=[tracer.middleware])
+        app.router.add_post("/v1/chat/completions", handler)
+        async with TestServer(app, host="127.0.0.1") as gateway, aiohttp.ClientSession() as caller:
+            async with caller.post(gateway.make_url("/v1/chat/completions")) as response:
+                assert response.status == 200
+    provider.shutdown()
+
+    assert [hit.path_qs for hit in images.hits] == ["/cat.png"]
+    assert images.hits[0].traceparent is None
+    (traceparent,) = upstream_traceparents
+    assert traceparent is not None
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    client = spans["chat"]
+    assert traceparent.split("-")[2] == format(client.context.span_id, "016x")

@@ -43,6 +43,7 @@ class Hit:
 
     path_qs: str
     host_header: str
+    traceparent: str | None = None
 
 
 @dataclass
@@ -89,7 +90,8 @@ class ImageServer:
             await self._runner.cleanup()
 
     def _record(self, request: web.Request) -> None:
-        self.hits.append(Hit(request.path_qs, request.headers.get("Host", "")))
+        headers = request.headers
+        self.hits.append(Hit(request.path_qs, headers.get("Host", ""), headers.get("traceparent")))
 
     async def _status(self, request: web.Request) -> web.Response:
         self._record(request)

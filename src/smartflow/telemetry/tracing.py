@@ -45,6 +45,7 @@ from smartflow.config.telemetry import OtlpSettings
 from smartflow.core.errors import ConfigError
 from smartflow.core.types import ChatRequest
 from smartflow.telemetry.metrics import PROVIDER_NAMES
+from smartflow.transport.fetch import UNTRACED
 from smartflow.usage.events import UsageEvent
 
 __all__ = ["GatewayTracer", "parse_headers"]
@@ -291,13 +292,13 @@ class GatewayTracer:
     async def _on_request_start(
         self,
         _session: aiohttp.ClientSession,
-        _context: SimpleNamespace,
+        context: SimpleNamespace,
         params: aiohttp.TraceRequestStartParams,
     ) -> None:
-        # NOTE: image URLs fetched for a provider share this session, so such a fetch
-        # starts the CLIENT span early and sends the traceparent to the image host too.
+        # Image fetches share the provider session but are not provider calls: no CLIENT
+        # span for them, and no traceparent to the image host.
         trace = _current.get()
-        if trace is None:
+        if trace is None or context.trace_request_ctx is UNTRACED:
             return
         if trace.client is None:
             trace.client = self._tracer.start_span(

@@ -26,6 +26,7 @@ from smartflow.transport.addresses import AddressPolicy, IPAddress
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",
+    "UNTRACED",
     "FetchedImage",
     "ImageFetcher",
     "Resolver",
@@ -50,6 +51,11 @@ class FetchedImage:
     data: bytes
     media_type: str
     """The type found in the bytes themselves, one of ``IMAGE_MEDIA_TYPES``."""
+
+
+UNTRACED = object()
+"""The ``trace_request_ctx`` of image fetches: tracing hooks on a shared session leave
+such requests alone, so no trace context goes to an image host."""
 
 
 class _Rejected(Exception):
@@ -213,6 +219,7 @@ class ImageFetcher:
                     headers=headers,
                     allow_redirects=False,
                     server_hostname=host if url.scheme == "https" else None,
+                    trace_request_ctx=UNTRACED,
                 )
             except aiohttp.ClientConnectorError as exc:
                 failure = exc  # try the host's next address
