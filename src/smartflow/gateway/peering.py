@@ -52,12 +52,10 @@ from smartflow.core.errors import (
     InvalidRequest,
     NotFound,
     UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from smartflow.core.types import ChatRequest
 from smartflow.gateway.handlers import Gateway
-from smartflow.gateway.upstream import Dispatcher, Encoder, Exchange, OpenStream
+from smartflow.gateway.upstream import Dispatcher, Encoder, Exchange, OpenStream, transport_error
 from smartflow.policy.decision import Decision
 from smartflow.policy.hooks import CLASSIFICATION_HEADER
 from smartflow.policy.run import PolicyRun
@@ -444,18 +442,12 @@ class PeeringDispatcher(Dispatcher):
 
 def _peer_failed(exc: BaseException, provider: PeerProvider) -> UpstreamError:
     """Map a transport failure on the way to a peer, naming the peer instead of the provider."""
-    where = f"the instance serving site {provider.site}"
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamTimeout(f"{where} did not respond in time.", provider=provider.name)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # The peer's address stays in the log, out of the caller's error.
-        logger.warning("cannot connect to %s at %s: %s", where, provider.url, exc.os_error)
-        return UpstreamUnavailable(
-            f"Cannot connect to {where}: {exc.os_error.strerror or 'connection failed'}.",
-            provider=provider.name,
-        )
-    return UpstreamUnavailable(
-        f"The connection to {where} failed: {type(exc).__name__}.", provider=provider.name
+    return transport_error(
+        exc,
+        target=f"the instance serving site {provider.site}",
+        provider=provider.name,
+        timeout="in time",
+        address=provider.url,
     )
 
 

@@ -153,25 +153,35 @@ class OpenStream:
         self.response.close()
 
 
+def transport_error(
+    exc: BaseException, *, target: str, provider: str, timeout: str, address: str | None = None
+) -> UpstreamError:
+    """Map a transport failure on the way to ``target``, the name callers see, to their error.
+
+    ``timeout`` ends the timeout message, such as ``within 30 s``. The address that failed
+    (``address``, else the one in ``exc``) goes to the log only, so callers do not learn
+    the internal network.
+    """
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(f"{target} did not respond {timeout}.", provider=provider)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = address or f"{exc.host}:{exc.port}"
+        logger.warning("cannot connect to %s at %s: %s", target, where, exc.os_error)
+        return UpstreamUnavailable(
+            f"Cannot connect to {target}: {exc.os_error.strerror or 'connection failed'}.",
+            provider=provider,
+        )
+    return UpstreamUnavailable(
+        f"The connection to {target} failed: {type(exc).__name__}.", provider=provider
+    )
+
+
 def _map_transport_error(
     exc: BaseException, deployment: Deployment, read_timeout: float
 ) -> UpstreamError:
     provider = deployment.provider.name
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamTimeout(
-            f"{provider} did not respond within {read_timeout:g} s.", provider=provider
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # The address stays in the log: callers need not learn the internal network.
-        logger.warning(
-            "cannot connect to %s at %s:%s: %s", provider, exc.host, exc.port, exc.os_error
-        )
-        return UpstreamUnavailable(
-            f"Cannot connect to {provider}: {exc.os_error.strerror or 'connection failed'}.",
-            provider=provider,
-        )
-    return UpstreamUnavailable(
-        f"The connection to {provider} failed: {type(exc).__name__}.", provider=provider
+    return transport_error(
+        exc, target=provider, provider=provider, timeout=f"within {read_timeout:g} s"
     )
 
 
