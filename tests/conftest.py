@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,13 @@ MODELS = {
 }
 
 
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def stack_config(
     openai_url: str, azure_url: str, anthropic_url: str, **overrides: Any
 ) -> dict[str, Any]:
@@ -115,9 +123,7 @@ async def start_stack(**overrides: Any) -> Stack:
     urls = [await s.start() for s in (openai_sim, azure_sim, anthropic_sim)]
     config = parse_config(stack_config(*urls, **overrides))
     app = build_app(config, environ={"TEST_PROVIDER_KEY": PROVIDER_KEY})
-    gateway = await start_gateway(
-        app, "127.0.0.1", 0, idle_timeout_s=config.server.idle_timeout_s
-    )
+    gateway = await start_gateway(app, "127.0.0.1", 0, idle_timeout_s=config.server.idle_timeout_s)
     return Stack(gateway.url, openai_sim, azure_sim, anthropic_sim, gateway)
 
 

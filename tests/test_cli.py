@@ -21,17 +21,12 @@ import pytest
 import yaml
 
 from smartflow.auth.keys import hash_key
+from tests.conftest import free_port
 from tests.control.conftest import new_database
 
 DEV_KEY = "sk-sf-cli-test-key-0123"
 EMBEDDING_MODEL = "text-embedding-3-small"
 SMARTFLOW = [sys.executable, "-m", "smartflow.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_env() -> dict[str, str]:
@@ -110,8 +105,8 @@ def _read_banner(process: subprocess.Popen[str], timeout: float = 60) -> str:
 
 
 def start_up(data_dir: Path, *extra: str, control_port: int | None = None) -> UpStack:
-    port, cloud_port = _free_port(), _free_port()
-    control_port = control_port or _free_port()
+    port, cloud_port = free_port(), free_port()
+    control_port = control_port or free_port()
     process = subprocess.Popen(
         [
             *SMARTFLOW,
@@ -315,11 +310,11 @@ def test_up_enrolls_both_instances_and_prints_token_once(tmp_path: Path) -> None
             *SMARTFLOW,
             "up",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--cloud-port",
-            str(_free_port()),
+            str(free_port()),
             "--control-plane-port",
-            str(_free_port()),
+            str(free_port()),
             "--data-dir",
             str(data_dir),
             "--dev-key",
@@ -356,11 +351,11 @@ def test_up_busy_port_rejected_before_writing(tmp_path: Path) -> None:
                 *SMARTFLOW,
                 "up",
                 "--port",
-                str(_free_port()),
+                str(free_port()),
                 "--cloud-port",
                 str(taken_port),
                 "--control-plane-port",
-                str(_free_port()),
+                str(free_port()),
                 "--data-dir",
                 str(data_dir),
                 "--dev-key",
@@ -379,8 +374,8 @@ def test_up_busy_port_rejected_before_writing(tmp_path: Path) -> None:
 
 def test_gateway_command_with_config(tmp_path: Path) -> None:
     """A configured gateway whose only provider is unreachable still answers in dialect."""
-    port = _free_port()
-    dead_port = _free_port()
+    port = free_port()
+    dead_port = free_port()
     config = {
         "server": {"port": port},
         "providers": {
@@ -488,7 +483,7 @@ def test_keys_hash_matches_library() -> None:
 
 
 def test_control_plane_command_serves_openapi(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     state_dir = tmp_path / "cp"
     token = "sf-admin-not-read"
     process = subprocess.Popen(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from smartflow.sim.gemini import GeminiSimulator
 from smartflow.sim.openai import OpenAISimulator
 from smartflow.usage.events import UsageEvent
 from smartflow.usage.prices import PriceCatalog, format_usd
-from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY
+from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY, free_port
 from tests.gateway.clients import anthropic_chat, openai_chat
 
 ONPREM_TOKEN = "peer-token-onprem-" + "1" * 32
@@ -71,12 +70,6 @@ spec:
   content:
     deny: [{name: cloud-secret, words: [forbidden-at-cloud]}]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _common() -> dict[str, Any]:
@@ -170,7 +163,7 @@ async def running_sites(state_root: Path | None = None) -> AsyncIterator[Sites]:
     gemini_sim = GeminiSimulator(api_keys=["gemini-test-key"])
     openai_url = await openai_sim.start()
     gemini_url = await gemini_sim.start()
-    onprem_port, cloud_port = _free_port(), _free_port()
+    onprem_port, cloud_port = free_port(), free_port()
     onprem_url = f"http://127.0.0.1:{onprem_port}"
     cloud_url = f"http://127.0.0.1:{cloud_port}"
     onprem_data = onprem_config(openai_url, cloud_url)
@@ -530,9 +523,7 @@ async def test_rejected_peer_credential_reported(sites: Sites) -> None:
             base_url=misconfigured.url + "/v1", api_key=VIRTUAL_KEY, max_retries=0
         )
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(
-                model="gemini-2.5-flash", messages=_messages("hi")
-            )
+            await client.chat.completions.create(model="gemini-2.5-flash", messages=_messages("hi"))
     finally:
         await misconfigured.stop()
     assert caught.value.status_code == 502

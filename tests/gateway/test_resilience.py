@@ -104,9 +104,7 @@ async def test_connection_refused_hides_upstream_address() -> None:
     try:
         await stack.openai.stop()
         with pytest.raises(openai.APIStatusError) as caught:
-            await openai_client(stack.url).chat.completions.create(
-                model="gpt-4o", messages=HELLO
-            )
+            await openai_client(stack.url).chat.completions.create(model="gpt-4o", messages=HELLO)
     finally:
         await stop_stack(stack)
     assert caught.value.status_code == 502

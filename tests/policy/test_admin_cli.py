@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from smartflow.auth.keys import hash_key
+from tests.conftest import free_port
 
 SMARTFLOW = [sys.executable, "-m", "smartflow.cli"]
 TOKENS = {
@@ -67,12 +68,6 @@ spec:
   custom:
     patterns: [{name: ticket, regex: "REGEX", action: mask}]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(token: str | None = None) -> dict[str, str]:
@@ -127,7 +122,7 @@ class Gateway:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    port = _free_port()
+    port = free_port()
     config = {
         "state_dir": str(tmp_path / "state"),
         "server": {"port": port, "access_log": False},
@@ -355,7 +350,7 @@ def test_usage_and_connection_errors(gateway: Gateway, tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
 
-    dead_url = f"http://127.0.0.1:{_free_port()}"
+    dead_url = f"http://127.0.0.1:{free_port()}"
     refused = subprocess.run(
         [*SMARTFLOW, "policy", "apply", pii, "--url", dead_url, "--token-env", TOKEN_ENV],
         env=_env(TOKENS["admin"]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import yaml
 
 from smartflow.config.schema import ControlPlaneLinkSettings
 from smartflow.sync.state import LinkFiles
+from tests.conftest import free_port
 from tests.control.conftest import ADMIN_TOKEN, Api, wait_for
 from tests.sync.conftest import (
     BLOCK_EMAIL_POLICY,
@@ -28,12 +28,6 @@ from tests.sync.conftest import (
 )
 
 PROVIDER_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISSING_KEY_VAR")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _environment(**extra: str) -> dict[str, str]:
@@ -158,7 +152,7 @@ async def _configure(control: Api, simulator: str) -> None:
 async def test_linked_instances_end_to_end(
     tmp_path: Path, simulator: str, processes: Processes
 ) -> None:
-    control_port = _free_port()
+    control_port = free_port()
     control_url = f"http://127.0.0.1:{control_port}"
     control_args = (
         "control-plane",
@@ -168,7 +162,7 @@ async def test_linked_instances_end_to_end(
         str(tmp_path / "cp"),
     )
     await processes.start("control", *control_args, SMARTFLOW_CONTROL_ADMIN_TOKEN=ADMIN_TOKEN)
-    instances = {"onprem": ("on-prem", _free_port()), "cloud": ("cloud", _free_port())}
+    instances = {"onprem": ("on-prem", free_port()), "cloud": ("cloud", free_port())}
     urls = {name: f"http://127.0.0.1:{port}" for name, (_, port) in instances.items()}
 
     def instance_args(name: str) -> list[str]:
@@ -293,7 +287,7 @@ async def test_instance_process_ignores_snapshot_cut_mid_transfer(
     token = (await api.ok("POST", "/v1/enrollment-tokens", json={"site": "on-prem"}))["token"]
     proxy = CuttingProxy(api.url)
     await proxy.start()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     state_dir = tmp_path / "onprem"
     args = ["gateway", "--control-plane", proxy.url, "--name", "onprem", "--site", "on-prem"]

@@ -28,7 +28,8 @@ from smartflow.usage.events import (
 )
 from smartflow.usage.queue import UsageQueue
 from smartflow.usage.shipper import ShipperSettings, UsageShipper
-from tests.usage.ingest_server import TOKEN, IngestServer, free_port
+from tests.conftest import free_port
+from tests.usage.ingest_server import TOKEN, IngestServer
 
 DASHBOARD = Path(__file__).parents[2] / "grafana" / "smartflow-dashboard.json"
 

@@ -30,9 +30,8 @@ from smartflow.gateway.app import RunningGateway, build_app, start_gateway
 from smartflow.sim.openai import OpenAISimulator
 from smartflow.telemetry.tracing import GatewayTracer, parse_headers
 from smartflow.transport.fetch import ImageFetcher
-from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY, stack_config
+from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY, free_port, stack_config
 from tests.transport.imageserver import ImageServer
-from tests.usage.ingest_server import free_port
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"

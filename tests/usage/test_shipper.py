@@ -14,7 +14,8 @@ from smartflow.providers.base import Secret
 from smartflow.usage.events import UsageEvent, new_event_id, utc_timestamp
 from smartflow.usage.queue import UsageQueue
 from smartflow.usage.shipper import INSTANCE_HEADER, ShipperSettings, UsageShipper
-from tests.usage.ingest_server import TOKEN, IngestServer, free_port
+from tests.conftest import free_port
+from tests.usage.ingest_server import TOKEN, IngestServer
 
 
 def _event(index: int) -> UsageEvent:

@@ -32,9 +32,8 @@ from smartflow.sim.anthropic import AnthropicSimulator
 from smartflow.sim.azure import AzureOpenAISimulator
 from smartflow.sim.openai import OpenAISimulator
 from smartflow.usage.prices import PriceCatalog
-from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY, stack_config
+from tests.conftest import PROVIDER_KEY, VIRTUAL_KEY, free_port, stack_config
 from tests.control.conftest import ADMIN_TOKEN
-from tests.usage.ingest_server import free_port
 
 SMARTFLOW = [sys.executable, "-m", "smartflow.cli"]
 REQUESTS = 1000
