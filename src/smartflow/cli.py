@@ -191,7 +191,7 @@ def _add_link_options(gateway: argparse.ArgumentParser) -> None:
         "--enroll-token",
         metavar="TOKEN",
         help="one-time enrollment token, used on the first start only (default: "
-        "$SMARTFLOW_ENROLL_TOKEN)",
+        "$SMARTFLOW_ENROLL_TOKEN, which, unlike this option, other users cannot read with ps)",
     )
     link.add_argument("--name", help="instance name to enroll under (server.instance)")
     link.add_argument("--site", help="site to enroll into (server.site)")
@@ -261,6 +261,11 @@ async def _run_linked_gateway(args: argparse.Namespace, config: GatewayConfig) -
     from smartflow.gateway.app import settle_heap  # noqa: PLC0415 - loads aiohttp only when serving
     from smartflow.sync.linked import start_linked_gateway  # noqa: PLC0415 - loads aiohttp only when serving
 
+    if args.enroll_token:
+        logger.warning(
+            "--enroll-token is visible to other users of this machine (ps) until enrollment "
+            "ends; pass the token in SMARTFLOW_ENROLL_TOKEN instead"
+        )
     linked = await start_linked_gateway(
         config, host=args.host, port=args.port, enroll_token=args.enroll_token
     )
