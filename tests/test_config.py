@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import yaml
 
 from smartflow.config.schema import parse_config
@@ -19,3 +22,18 @@ def test_unquoted_version_dates_read_as_text() -> None:
     config = parse_config(yaml.safe_load(CONFIG), "test config")
     assert config.providers["azure"].api_version == "2024-10-21"
     assert config.providers["claude"].anthropic_version == "2023-06-01"
+
+
+@pytest.mark.parametrize(
+    ("data", "enabled"),
+    [
+        ({}, False),
+        ({"usage": {"shipping": {"url": "http://127.0.0.1:7778/v1/events"}}}, True),
+        ({"control_plane": {"url": "http://127.0.0.1:7778"}}, True),
+        ({"control_plane": {"url": "http://127.0.0.1:7778"}, "usage": {"enabled": False}}, False),
+        ({"usage": {"enabled": True}}, True),
+    ],
+    ids=["standalone", "shipping", "linked", "linked-off", "standalone-on"],
+)
+def test_usage_default_follows_control_plane(data: dict[str, Any], enabled: bool) -> None:
+    assert parse_config(data).usage.enabled is enabled

@@ -351,7 +351,10 @@ class UsageQueueConfig(_Strict):
 
 class UsageSettings(_Strict):
     enabled: bool = False
-    """Record a priced usage event per request in a durable queue under ``state_dir``."""
+    """Record a priced usage event per request in a durable queue under ``state_dir``.
+
+    When the file does not set it, events are on for an instance linked to a control plane
+    or with ``shipping``, and off for a standalone gateway, whose queue nobody would read."""
     queue: UsageQueueConfig = UsageQueueConfig()
     shipping: UsageShippingSettings | None = None
     """Ship the queued events to a control plane; without it they stay queued on disk."""
@@ -466,6 +469,19 @@ class GatewayConfig(_Strict):
     """Link to a control plane; see ``ControlPlaneLinkSettings``."""
     peering: PeeringSettings = PeeringSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_usage(cls, data: Any) -> Any:
+        """Turn usage events on where a control plane receives them, unless set."""
+        if not isinstance(data, dict):
+            return data
+        usage = data.get("usage") or {}
+        if not isinstance(usage, dict) or "enabled" in usage:
+            return data
+        if data.get("control_plane") is not None or usage.get("shipping") is not None:
+            return {**data, "usage": {**usage, "enabled": True}}
+        return data
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
