@@ -363,3 +363,31 @@ def test_repeated_labels_add_to_the_same_series() -> None:
     duration = "gen_ai_client_operation_duration_seconds_sum"
     assert _value(body, duration, error_type="") == pytest.approx(0.6)
     assert _value(body, "smartflow_usage_events_total", usage_source="provider") == 4
+
+
+def test_successful_attempts_keep_the_label_cap() -> None:
+    # Successful single tries take a cached path; it must cap deployments as the others do.
+    metrics = GatewayMetrics(max_label_values=2)
+    for deployment in ("p/a", "p/b", "p/c", "p/a", "p/d"):
+        metrics.record(_event(deployment=deployment, attempts=[AttemptRecord(deployment)]))
+    metrics.record(_event(attempts=[AttemptRecord("p/e", "upstream_timeout", 504)]))
+    body = metrics.render()[0].decode()
+    attempts = "smartflow_upstream_attempts_total"
+    assert _value(body, attempts, deployment="p/a", outcome="ok") == 2
+    assert _value(body, attempts, deployment="p/b", outcome="ok") == 1
+    assert _value(body, attempts, deployment="_other", outcome="ok") == 2
+    assert _value(body, attempts, deployment="_other", outcome="upstream_timeout") == 1
+
+
+def test_unpriced_and_first_token_series_appear_when_used() -> None:
+    metrics = GatewayMetrics()
+    metrics.record(_event())
+    body = metrics.render()[0].decode()
+    assert "smartflow_usage_unpriced_requests_total{" not in body
+    assert "gen_ai_server_time_to_first_token_seconds_count{" not in body
+    for _ in range(2):
+        metrics.record(_event(cost_usd=None, price_missing=True, stream=True, ttft_ms=30.0))
+    body = metrics.render()[0].decode()
+    assert _value(body, "smartflow_usage_unpriced_requests_total") == 2
+    assert _value(body, "gen_ai_server_time_to_first_token_seconds_count") == 2
+    assert _value(body, "gen_ai_server_time_to_first_token_seconds_bucket", le="0.04") == 2

@@ -313,3 +313,36 @@ def test_usage_copy_keeps_every_field() -> None:
         "cache_write_tokens",
         "reasoning_tokens",
     }, "Usage has a new field: copy it in usage.builder._copy_usage"
+
+
+def test_later_normalization_and_attempts_replace_earlier() -> None:
+    builder = _builder()
+    builder.set_normalization([Change("temperature", "clamp", 3.0, 2.0, "max 2")])
+    builder.set_normalization([])
+    builder.set_attempts([Attempt("openai-main/gpt-4o")])
+    builder.set_attempts([])
+    event = builder.finish(200)
+    assert event.normalization == []
+    assert event.attempts == []
+
+
+def test_finish_callbacks_run_once() -> None:
+    calls: list[str] = []
+    builder = _builder()
+    builder.on_finish(lambda: calls.append("first"))
+    builder.on_finish(lambda: calls.append("second"))
+    builder.finish(200)
+    builder.finish(200)
+    assert calls == ["first", "second"]
+
+
+def test_builder_takes_positional_arguments() -> None:
+    builder = UsageBuilder("req_pos", "anthropic", "gw-2", "us", "embeddings")
+    event = builder.finish(200)
+    assert (event.request_id, event.dialect, event.instance, event.site) == (
+        "req_pos",
+        "anthropic",
+        "gw-2",
+        "us",
+    )
+    assert event.operation == "embeddings"

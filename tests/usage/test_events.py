@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import time
 import uuid
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smartflow.usage.events import (
     SCHEMA_VERSION,
@@ -15,6 +19,7 @@ from smartflow.usage.events import (
     TokenCounts,
     UsageEvent,
     new_event_id,
+    started_event,
     utc_timestamp,
 )
 
@@ -105,6 +110,9 @@ def test_to_json_matches_dataclass_output() -> None:
         error_type="client_disconnected",
         client_disconnected=True,
     )
+    # to_json fills a copy of a dict whose values are None, so a field it does not set is
+    # only caught here if the event sets that field to something else.
+    assert [f.name for f in dataclasses.fields(event) if getattr(event, f.name) is None] == []
     assert event.to_json() == orjson.dumps(event)
     plain = _event()
     assert plain.to_json() == orjson.dumps(plain)
@@ -144,3 +152,40 @@ def test_unknown_token_field_is_rejected() -> None:
 def test_fallbacks_count_deployment_changes(deployments: list[str], expected: int) -> None:
     event = _event(attempts=[AttemptRecord(d, "upstream_error", 500) for d in deployments])
     assert event.fallbacks == expected
+
+
+def test_started_event_equals_the_constructor() -> None:
+    started = started_event(
+        "e-1", "req_1", "2026-01-02T03:04:05.678Z", "gw", "eu", "chat", "openai"
+    )
+    built = UsageEvent(
+        event_id="e-1",
+        request_id="req_1",
+        started_at="2026-01-02T03:04:05.678Z",
+        instance="gw",
+        site="eu",
+        operation="chat",
+        dialect="openai",
+    )
+    # Field by field, so that a field started_event leaves unset fails here by name.
+    for item in dataclasses.fields(UsageEvent):
+        assert getattr(started, item.name) == getattr(built, item.name), item.name
+    assert started.to_json() == built.to_json()
+    # The mutable defaults are the event's own.
+    assert started.tokens is not built.tokens
+    assert started_event("e-2", "r", "t", "gw", "eu", "chat", "openai").attempts is not (
+        started.attempts
+    )
+
+
+@given(st.floats(min_value=0, max_value=2**34, allow_nan=False))
+def test_timestamp_matches_datetime(epoch_seconds: float) -> None:
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert utc_timestamp(epoch_seconds) == expected
+
+
+def test_timestamp_rounds_to_microseconds_first() -> None:
+    # 0.9999996 s rounds up to the next second, as datetime.fromtimestamp does.
+    assert utc_timestamp(1_700_000_000.9999996) == "2023-11-14T22:13:21.000Z"
+    assert utc_timestamp(-0.5) == "1969-12-31T23:59:59.500Z"

@@ -289,3 +289,84 @@ def test_overlay_entry_reprices_its_aliases() -> None:
     older = merged.lookup("openai", "gpt-4o-2024-05-13")
     assert older is not None
     assert older.rates.input == Decimal(5)
+
+
+# --- the event's cost text, computed with integers ------------------------------------------
+
+_any_counts = st.integers(min_value=-5, max_value=10**9)
+
+
+@given(
+    input_tokens=_any_counts,
+    output_tokens=_any_counts,
+    cached=_any_counts,
+    written=_any_counts,
+    reasoning=_any_counts,
+    model=st.sampled_from(["claude-x", "o-thinker", "plain"]),
+)
+def test_cost_text_matches_cost_of(
+    input_tokens: int, output_tokens: int, cached: int, written: int, reasoning: int, model: str
+) -> None:
+    catalogue = PriceCatalog.from_dict(CATALOGUE)
+    kind = "anthropic" if model == "claude-x" else "openai"
+    usage = Usage(input_tokens, output_tokens, cached, written, reasoning)
+    price = catalogue.lookup(kind, model)
+    assert price is not None
+    priced = catalogue.cost_text(kind, (model,), usage)
+    assert priced is not None
+    assert priced == (format_usd(cost_of(price, usage)), price)
+
+
+def test_cost_text_of_every_packaged_price() -> None:
+    catalogue = PriceCatalog.default()
+    usage = Usage(input_tokens=123_457, output_tokens=6_789, cached_input_tokens=1_001)
+    for price in catalogue:
+        priced = catalogue.cost_text(price.provider, (price.model,), usage)
+        assert priced == (format_usd(cost_of(price, usage)), price), price.model
+
+
+def test_cost_text_beyond_decimal_precision() -> None:
+    # 28 significant digits per rate: the Decimal arithmetic of cost_of rounds these costs,
+    # so cost_text must give its result, not the exact integer sum.
+    catalogue = PriceCatalog.from_dict(
+        {
+            "providers": {
+                "openai": {
+                    "models": {
+                        "precise": {
+                            "input": "1.234567890123456789012345678",
+                            "output": "9.876543210987654321098765432",
+                            "as_of": "2026-01-03",
+                        }
+                    }
+                }
+            }
+        }
+    )
+    price = catalogue.lookup("openai", "precise")
+    assert price is not None
+    usage = Usage(input_tokens=987_654_321, output_tokens=123_456_789)
+    priced = catalogue.cost_text("openai", ("precise",), usage)
+    assert priced == (format_usd(cost_of(price, usage)), price)
+
+
+def test_cost_text_rejects_float_counts_as_cost_of(catalogue: PriceCatalog) -> None:
+    usage = Usage(input_tokens=10.0, output_tokens=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        cost_of(catalogue.lookup("openai", "plain"), usage)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        catalogue.cost_text("openai", ("plain",), usage)
+
+
+def test_cost_text_without_entry(catalogue: PriceCatalog) -> None:
+    assert catalogue.cost_text("anthropic", ("claude-y", None, ""), Usage(10, 10)) is None
+    # The result is kept per tuple of names. A list of the same names gets the same result.
+    assert catalogue.cost_text("anthropic", ["claude-y", None, ""], Usage(10, 10)) is None
+
+
+def test_lookups_beyond_the_cache_size_stay_correct(catalogue: PriceCatalog) -> None:
+    for index in range(5000):
+        assert catalogue.cost_text("openai", (f"unknown-{index}",), Usage(1, 1)) is None
+    priced = catalogue.cost_text("openai", ("unknown", "plain"), Usage(0, 0))
+    assert priced is not None
+    assert priced[0] == "0.001"

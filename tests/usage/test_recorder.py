@@ -65,7 +65,7 @@ async def test_full_queue_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptu
 
 def test_broken_builder_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     class BrokenCatalog(PriceCatalog):
-        def cost(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        def cost_text(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
             raise RuntimeError("catalogue failure")
 
     recorder = UsageRecorder(instance="gw", site="s", prices=BrokenCatalog())

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from smartflow.core.stream import StreamEvent
+from smartflow.dialects.openai import responses as openai_responses
 from smartflow.dialects.openai.streaming import StreamEncoder as OpenAIEncoder
 from smartflow.gateway.ingress import OPENAI
 from smartflow.providers.anthropic import AnthropicProvider
@@ -17,6 +18,7 @@ from smartflow.providers.base import Deployment, Secret
 from smartflow.providers.openai import OpenAIProvider
 from smartflow.sim.anthropic import AnthropicSimulator
 from smartflow.sim.openai import OpenAISimulator
+from smartflow.usage import tap as tap_module
 from smartflow.usage.builder import CHARS_PER_TOKEN, UsageBuilder
 from smartflow.usage.prices import PriceCatalog
 from smartflow.usage.tap import (
@@ -448,3 +450,54 @@ def test_body_readers_match_the_parsers(name: str) -> None:
     raw = orjson.dumps(body)
     fast, full = _PROVIDERS[dialect]
     assert _summary(dialect, fast, raw, stream=False) == _summary(dialect, full, raw, stream=False)
+
+
+_TAILS = {
+    "one line each": b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n',
+    "no space after data": b'data:{"a":1}\n\ndata: [DONE]\n\n',
+    "a line before the data line": b'data: {"a":1}\n\nid: 7\ndata: {"b":2}\n\n',
+    "two data lines": b"data: x\ndata: y\n\ndata: [DONE]\n\n",
+    "extra blank line": b"data: x\n\n\ndata: [DONE]\n\n",
+    "cut mid-event": b"data: x\n\ndata: [DO",
+    "empty payload": b"data: \n\ndata: [DONE]\n\n",
+    "payload starting with data": b"data: data: x\n\n",
+    "no events": b"",
+}
+
+
+def _payloads_one_by_one(tail: bytes) -> list[bytes | None]:
+    return [tap_module._event_data(block) for block in tail.split(b"\n\n") if block]
+
+
+@pytest.mark.parametrize("name", sorted(_TAILS))
+def test_data_lines_match_event_data(name: str) -> None:
+    tail = _TAILS[name]
+    payloads = tap_module._data_lines(tail)
+    if payloads is not None:
+        assert payloads == _payloads_one_by_one(tail)
+    if name in ("one line each", "empty payload", "payload starting with data"):
+        assert payloads is not None  # the single-line events take the shortcut
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _OPENAI_USAGE,
+        {"prompt_tokens": 5, "completion_tokens": 7},
+        {"prompt_tokens": None, "completion_tokens": 3, "prompt_tokens_details": None},
+        {"prompt_tokens": 1, "completion_tokens_details": {"reasoning_tokens": None}},
+        {},
+        None,
+    ],
+)
+def test_openai_usage_matches_the_dialect(raw: dict[str, Any] | None) -> None:
+    assert tap_module._openai_usage(raw) == openai_responses.parse_usage(raw)
+
+
+def test_stream_reader_with_event_lines_matches_the_decoder() -> None:
+    # Events with an id line before their data line take the general path of the reader.
+    raw = b"".join(_openai_sse(["a", "b"], usage=_OPENAI_USAGE)).replace(
+        b"data: {", b"id: 1\ndata: {"
+    )
+    fast, full = _PROVIDERS["openai"]
+    assert _summary("openai", fast, raw, stream=True) == _summary("openai", full, raw, stream=True)

@@ -21,12 +21,13 @@ without bound.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -115,7 +116,7 @@ class _LabelCap:
 def _observe(state: list[float], bounds: tuple[float, ...], amount: float) -> None:
     """Count ``amount`` in a histogram state, as ``_HistogramFamily.observe`` does."""
     # Bucket i counts values v with bounds[i-1] < v <= bounds[i], as Prometheus's le.
-    state[bisect.bisect_left(bounds, amount)] += 1
+    state[bisect_left(bounds, amount)] += 1
     state[-1] += amount
 
 
@@ -136,31 +137,29 @@ class _CounterFamily:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
+        # The value of each series is the only item of a list, so a caller that keeps the
+        # list can add to it without looking the labels up again.
+        self.values: dict[tuple[str, ...], list[float]] = {}
         self.created: dict[tuple[str, ...], float] = {}
         if not self.labelnames:
-            self.values[()] = 0.0
+            self.values[()] = [0.0]
             self.created[()] = time.time()
 
-    def ensure(self, labels: tuple[str, ...]) -> tuple[str, ...]:
-        """Create the series of ``labels`` at 0 if it is new; returns ``labels``."""
-        if labels not in self.values:
-            self.values[labels] = 0.0
+    def cell(self, labels: tuple[str, ...]) -> list[float]:
+        """Return the value of ``labels`` as a one-item list, created at 0 if it is new."""
+        cell = self.values.get(labels)
+        if cell is None:
+            cell = self.values[labels] = [0.0]
             self.created[labels] = time.time()
-        return labels
+        return cell
 
     def inc(self, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
-        values = self.values
-        if labels in values:
-            values[labels] += amount
-        else:
-            values[labels] = amount
-            self.created[labels] = time.time()
+        self.cell(labels)[0] += amount
 
     def collect(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in list(self.values.items()):
-            family.add_metric(labels, value, created=self.created.get(labels))
+        for labels, cell in list(self.values.items()):
+            family.add_metric(labels, cell[0], created=self.created.get(labels))
         return family
 
 
@@ -235,8 +234,13 @@ class _Series:
     input_tokens: list[float] | None
     output_tokens: list[float] | None
     duration: list[float]
-    request: tuple[str, ...]
-    source: tuple[str, ...]
+    requests: list[float]
+    events: list[float]
+    """The counts of ``smartflow_requests`` and ``smartflow_usage_events``, as one-item lists."""
+    ttft: list[float] | None = None
+    """The time-to-first-token histogram, created by the first event that has one."""
+    unpriced: list[float] | None = None
+    """The count of ``smartflow_usage_unpriced_requests``, created by the first such event."""
 
 
 class GatewayMetrics:
@@ -250,6 +254,8 @@ class GatewayMetrics:
         # Resolved labels and series per event key, so that recording an event whose labels
         # were seen before skips the label caps and the lookups by label tuple.
         self._series: dict[tuple[object, ...], _Series] = {}
+        # The attempts count of the successful tries per deployment label, for the same reason.
+        self._succeeded_attempts: dict[str, list[float]] = {}
         self._pipeline: _PipelineCollector | None = None
         self._define_genai()
         self._define_gateway()
@@ -355,19 +361,48 @@ class GatewayMetrics:
         if series is None:
             series = self._new_series(*key)
         labels = series.labels
-        if series.input_tokens is not None and series.output_tokens is not None:
+        # The histograms are counted as _observe counts them, written out here because a
+        # call would cost as much as the counting.
+        input_state = series.input_tokens
+        output_state = series.output_tokens
+        if input_state is not None and output_state is not None:
             tokens = event.tokens
-            _observe(series.input_tokens, TOKEN_BUCKETS, tokens.input)
-            _observe(series.output_tokens, TOKEN_BUCKETS, tokens.output)
+            input_state[bisect_left(TOKEN_BUCKETS, tokens.input)] += 1
+            input_state[-1] += tokens.input
+            output_state[bisect_left(TOKEN_BUCKETS, tokens.output)] += 1
+            output_state[-1] += tokens.output
             if tokens.cached_input or tokens.cache_write or tokens.reasoning:
                 self._record_token_details(event, labels[1], labels[3])
-        _observe(series.duration, DURATION_BUCKETS, event.latency_ms / 1000)
+        seconds = event.latency_ms / 1000
+        duration = series.duration
+        duration[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        duration[-1] += seconds
         if event.ttft_ms is not None:
-            self.time_to_first_token.observe(labels[:4], event.ttft_ms / 1000)
-        self.requests.values[series.request] += 1
-        self.events.values[series.source] += 1
-        self._record_cost(event, labels[1], labels[2], labels[3])
-        self._record_routing(event, labels[2])
+            if series.ttft is None:
+                series.ttft = self.time_to_first_token.state(labels[:4])
+            seconds = event.ttft_ms / 1000
+            series.ttft[bisect_left(TTFT_BUCKETS, seconds)] += 1
+            series.ttft[-1] += seconds
+        series.requests[0] += 1
+        series.events[0] += 1
+        if event.cost_usd is not None:
+            team = self._cap("team", event.team)
+            self.cost.inc((labels[1], labels[2], team), float(event.cost_usd))
+        elif event.price_missing:
+            if series.unpriced is None:
+                series.unpriced = self.unpriced.cell((labels[1], labels[3]))
+            series.unpriced[0] += 1
+        attempts = event.attempts
+        if len(attempts) == 1 and attempts[0].error is None:
+            deployment = attempts[0].deployment
+            cell = self._succeeded_attempts.get(deployment)
+            if cell is None:
+                cell = self._succeeded_attempt(deployment)
+            cell[0] += 1
+        elif attempts:
+            self._record_attempts(event, labels[2])
+        if event.normalization:
+            self._record_normalization(event.normalization)
         if event.policy is not None:
             self._record_policy(event.policy)
         if event.client_disconnected:
@@ -398,8 +433,8 @@ class GatewayMetrics:
             input_tokens=self.token_usage.state((*labels[:4], "input")) if reported else None,
             output_tokens=self.token_usage.state((*labels[:4], "output")) if reported else None,
             duration=self.operation_duration.state(labels),
-            request=self.requests.ensure((dialect, requested, str(status), error)),
-            source=self.events.ensure((source,)),
+            requests=self.requests.cell((dialect, requested, str(status), error)),
+            events=self.events.cell((source,)),
         )
         key = (operation, kind, requested_model, served_model, error_type, dialect, status, source)
         self._series[key] = series
@@ -414,21 +449,25 @@ class GatewayMetrics:
         if tokens.reasoning:
             self.token_details.inc((provider, served, "reasoning"), tokens.reasoning)
 
-    def _record_cost(self, event: UsageEvent, provider: str, requested: str, served: str) -> None:
-        if event.cost_usd is not None:
-            team = self._cap("team", event.team)
-            self.cost.inc((provider, requested, team), float(event.cost_usd))
-        elif event.price_missing:
-            self.unpriced.inc((provider, served))
+    def _succeeded_attempt(self, deployment: str) -> list[float]:
+        """Return the ``attempts`` count of the successful tries at ``deployment``, and
+        keep it for later events."""
+        if len(self._succeeded_attempts) >= _MAX_SERIES_KEYS:
+            self._succeeded_attempts.clear()
+        cell = self.attempts.cell((self._cap("deployment", deployment), "ok"))
+        self._succeeded_attempts[deployment] = cell
+        return cell
 
-    def _record_routing(self, event: UsageEvent, requested: str) -> None:
+    def _record_attempts(self, event: UsageEvent, requested: str) -> None:
         attempts = event.attempts
         if len(attempts) > 1 and event.fallbacks:
             self.fallbacks.inc((requested,), event.fallbacks)
         for attempt in attempts:
             deployment = self._cap("deployment", attempt.deployment)
             self.attempts.inc((deployment, attempt.error or "ok"))
-        for change in event.normalization:
+
+    def _record_normalization(self, changes: list[dict[str, Any]]) -> None:
+        for change in changes:
             param = self._cap("param", str(change.get("param")))
             self.normalization_changes.inc((param, str(change.get("rule"))))
 

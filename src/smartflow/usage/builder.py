@@ -34,13 +34,13 @@ from smartflow.usage.events import (
     AttemptRecord,
     CacheResult,
     PolicySummary,
-    TokenCounts,
     UsageEvent,
     UsageSource,
     new_event_id,
+    started_event,
     utc_timestamp,
 )
-from smartflow.usage.prices import PriceCatalog, format_usd
+from smartflow.usage.prices import PriceCatalog
 
 __all__ = ["CHARS_PER_TOKEN", "AttemptLike", "UsageBuilder", "policy_summary"]
 
@@ -100,37 +100,55 @@ def policy_summary(decision: Decision) -> PolicySummary:
 class UsageBuilder:
     """The usage of one request, gathered step by step; see the module docstring."""
 
+    __slots__ = (
+        "_clock",
+        "_deployment",
+        "_estimate",
+        "_estimated_input",
+        "_event",
+        "_finished",
+        "_on_finish",
+        "_request",
+        "_started",
+        "_streamed_chars",
+        "_upstream_started",
+        "_usage",
+        "_usage_final",
+    )
+
     def __init__(
         self,
-        *,
         request_id: str,
         dialect: str,
         instance: str,
         site: str,
         operation: str = "chat",
+        *,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self._started = clock()
-        self._event = UsageEvent(
-            event_id=new_event_id(),
-            request_id=request_id,
-            started_at=utc_timestamp(wall_clock()),
-            instance=instance,
-            site=site,
-            operation=operation,
-            dialect=dialect,
+        self._event = started_event(
+            new_event_id(),
+            request_id,
+            utc_timestamp(wall_clock()),
+            instance,
+            site,
+            operation,
+            dialect,
         )
         self._deployment: Deployment | None = None
         self._usage: Usage | None = None
         self._usage_final = False
         self._streamed_chars = 0
         self._estimated_input: int | None = None
-        self._estimate: tuple[Callable[[ChatRequest], int], ChatRequest] | None = None
+        self._estimate: Callable[[ChatRequest], int] | None = None
+        self._request: ChatRequest | None = None
         self._upstream_started = False
         self._finished: UsageEvent | None = None
-        self._on_finish: list[Callable[[], None]] = []
+        # Created by the first on_finish call, because most requests have no callback.
+        self._on_finish: list[Callable[[], None]] | None = None
 
     @property
     def event_id(self) -> str:
@@ -143,7 +161,7 @@ class UsageBuilder:
     @property
     def request(self) -> ChatRequest | None:
         """The request given to ``set_request`` together with an ``estimate`` function."""
-        return self._estimate[1] if self._estimate is not None else None
+        return self._request
 
     @property
     def has_usage(self) -> bool:
@@ -153,7 +171,10 @@ class UsageBuilder:
     def on_finish(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` at the start of ``finish``, so a reader that defers its work,
         such as a pass-through stream tap, records its data only once the request is over."""
-        self._on_finish.append(callback)
+        if self._on_finish is None:
+            self._on_finish = [callback]
+        else:
+            self._on_finish.append(callback)
 
     # --- what is known before the upstream call -----------------------------------------
 
@@ -179,7 +200,8 @@ class UsageBuilder:
         self._event.stream = request.stream
         self._estimated_input = estimated_input_tokens
         if estimate is not None:
-            self._estimate = (estimate, request)
+            self._estimate = estimate
+            self._request = request
 
     def set_model_requested(self, model: str, *, stream: bool = False) -> None:
         """Record the requested model for endpoints without a ``ChatRequest``."""
@@ -200,12 +222,18 @@ class UsageBuilder:
         self._event.deployment = deployment.label
 
     def set_attempts(self, attempts: Iterable[AttemptLike]) -> None:
-        self._event.attempts = [AttemptRecord(a.deployment, a.error, a.status) for a in attempts]
-        if self._event.attempts:
+        # A loop, because a list comprehension is a function call of its own before 3.12.
+        records = []
+        for attempt in attempts:
+            records.append(AttemptRecord(attempt.deployment, attempt.error, attempt.status))
+        self._event.attempts = records
+        if records:
             self._upstream_started = True
 
     def set_normalization(self, changes: Sequence[Change]) -> None:
-        self._event.normalization = changes_to_dicts(list(changes))
+        # Most requests change nothing, and the event's list is then already empty.
+        if changes or self._event.normalization:
+            self._event.normalization = changes_to_dicts(list(changes))
 
     def set_policy(self, decision: Decision) -> None:
         self._event.policy = policy_summary(decision)
@@ -247,7 +275,8 @@ class UsageBuilder:
     def record_final(self, model: str, finish_reason: FinishReason, usage: Usage) -> None:
         """Record what a complete response reports, as ``record_response`` does, when a
         reader took these values from the provider's bytes without a ``ChatResponse``."""
-        self._record_model(model)
+        if model:
+            self._event.model_served = model[:_MAX_NAME_CHARS]
         self._event.finish_reason = finish_reason
         self._usage = usage
         self._usage_final = True
@@ -302,22 +331,21 @@ class UsageBuilder:
         event = self._event
         event.status = CLIENT_CLOSED_STATUS if event.client_disconnected else status
         event.latency_ms = self._elapsed_ms()
-        for callback in self._on_finish:
-            try:
-                callback()
-            except Exception:
-                logger.exception(
-                    "usage: reading the response of request %s failed", event.request_id
-                )
-        usage, source = self._resolve_usage()
-        event.usage_source = source
-        event.tokens = TokenCounts(
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.cache_write_tokens,
-            usage.reasoning_tokens,
-        )
+        if self._on_finish is not None:
+            self._call_on_finish(event.request_id)
+        usage = self._usage
+        if usage is not None and self._usage_final:
+            # The usual case, checked here to avoid calling _resolve_usage.
+            event.usage_source = "provider"
+        else:
+            usage, event.usage_source = self._resolve_usage()
+        # The event's TokenCounts is its own, made by started_event, so it is filled in place.
+        tokens = event.tokens
+        tokens.input = usage.input_tokens
+        tokens.output = usage.output_tokens
+        tokens.cached_input = usage.cached_input_tokens
+        tokens.cache_write = usage.cache_write_tokens
+        tokens.reasoning = usage.reasoning_tokens
         if event.model_served is None and self._deployment is not None:
             event.model_served = self._deployment.model
         if prices is not None:
@@ -334,11 +362,21 @@ class UsageBuilder:
         if model:
             self._event.model_served = model[:_MAX_NAME_CHARS]
 
+    def _call_on_finish(self, request_id: str) -> None:
+        # Cleared first, because a callback's owner (a PassthroughTap) refers to this builder,
+        # and the reference cycle would keep both alive until the garbage collector runs.
+        callbacks, self._on_finish = self._on_finish, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                logger.exception("usage: reading the response of request %s failed", request_id)
+
     def _resolve_usage(self) -> tuple[Usage, UsageSource]:
         """Return the counts to bill and where they come from (see ``UsageSource``)."""
-        streamed = math.ceil(self._streamed_chars / CHARS_PER_TOKEN)
         if self._usage is not None and self._usage_final:
             return self._usage, "provider"
+        streamed = math.ceil(self._streamed_chars / CHARS_PER_TOKEN)
         if self._usage is not None:
             partial = _copy_usage(self._usage)
             partial.output_tokens = max(partial.output_tokens, streamed)
@@ -346,8 +384,8 @@ class UsageBuilder:
         if streamed or (self._upstream_started and self._event.error_type is None):
             estimated_input = self._estimated_input
             if estimated_input is None and self._estimate is not None:
-                estimate, request = self._estimate
-                estimated_input = estimate(request)
+                assert self._request is not None
+                estimated_input = self._estimate(self._request)
             estimate_usage = Usage(input_tokens=estimated_input or 0, output_tokens=streamed)
             return estimate_usage, "estimated"
         return Usage(), "none"
@@ -357,10 +395,10 @@ class UsageBuilder:
         if deployment is None or event.usage_source == "none":
             return
         models = (event.model_served, deployment.base_model, deployment.model)
-        cost = prices.cost(deployment.provider.kind, models, usage)
-        if cost.usd is None or cost.price is None:
+        priced = prices.cost_text(deployment.provider.kind, models, usage)
+        if priced is None:
             event.price_missing = True
             return
-        event.cost_usd = format_usd(cost.usd)
-        event.price_as_of = cost.price.as_of
+        event.cost_usd, price = priced
+        event.price_as_of = price.as_of
         event.price_version = prices.version

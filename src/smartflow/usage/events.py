@@ -13,13 +13,12 @@ upstream call was made.
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import orjson
@@ -33,6 +32,7 @@ __all__ = [
     "UsageEvent",
     "UsageSource",
     "new_event_id",
+    "started_event",
 ]
 
 SCHEMA_VERSION = 1
@@ -64,11 +64,16 @@ _ms_text = ""
 def _new_node() -> str:
     # rand_b: the variant bits and 62 random bits, drawn once per process (see new_event_id).
     text = f"{0b10 << 62 | random.getrandbits(62):016x}"
-    return f"{text[:4]}-{text[4:]}"
+    return f"-{text[:4]}-{text[4:]}"
 
 
 _node = _new_node()
+"""The last 18 characters of every id of this process, leading hyphen included."""
 os.register_at_fork(after_in_child=lambda: globals().update(_node=_new_node()))
+
+
+def _millisecond_text(epoch_ms: int) -> str:
+    return f"{(epoch_ms >> 16) & 0xFFFF_FFFF:08x}-{epoch_ms & 0xFFFF:04x}-7"
 
 
 def new_event_id() -> str:
@@ -84,24 +89,28 @@ def new_event_id() -> str:
     """
     global _last_ms, _sequence, _ms_text
     now_ms = time.time_ns() // 1_000_000
-    with _id_lock:
+    # Calling acquire and release costs half as much as a with block.
+    _id_lock.acquire()
+    try:
         if now_ms > _last_ms:
             _last_ms = now_ms
             # Start in the lower half so a burst in one millisecond rarely overflows.
             _sequence = random.getrandbits(11)
-            text = f"{now_ms & 0xFFFF_FFFF_FFFF:012x}"
-            _ms_text = f"{text[:8]}-{text[8:]}-7"
+            _ms_text = _millisecond_text(now_ms)
         else:
             _sequence += 1
             if _sequence > 0xFFF:
                 _last_ms += 1
                 _sequence = random.getrandbits(11)
-                text = f"{_last_ms & 0xFFFF_FFFF_FFFF:012x}"
-                _ms_text = f"{text[:8]}-{text[8:]}-7"
-        return f"{_ms_text}{_sequence:03x}-{_node}"
+                _ms_text = _millisecond_text(_last_ms)
+        return f"{_ms_text}{_sequence:03x}{_node}"
+    finally:
+        _id_lock.release()
 
 
 _second_text: tuple[int, str] = (-1, "")
+_MILLISECOND_TEXTS = tuple(f"{millisecond:03d}Z" for millisecond in range(1000))
+"""``000Z`` to ``999Z``, because indexing this tuple is cheaper than formatting the number."""
 
 
 def utc_timestamp(epoch_seconds: float) -> str:
@@ -110,18 +119,18 @@ def utc_timestamp(epoch_seconds: float) -> str:
     if epoch_seconds < 0:
         moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    # Rounded to microseconds first, as datetime.fromtimestamp does.
-    fraction, whole = math.modf(epoch_seconds)
-    second, microsecond = int(whole), round(fraction * 1_000_000)
+    # Rounded to microseconds first, as datetime.fromtimestamp does. For a time of at least
+    # 0, subtracting the whole seconds gives the exact fraction that math.modf returns.
+    second = int(epoch_seconds)
+    microsecond = round((epoch_seconds - second) * 1_000_000)
     if microsecond >= 1_000_000:
         second, microsecond = second + 1, microsecond - 1_000_000
-    millisecond = microsecond // 1000
     cached_second, prefix = _second_text
     if second != cached_second:
         moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
         prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
         _second_text = (second, prefix)
-    return f"{prefix}{millisecond:03d}Z"
+    return prefix + _MILLISECOND_TEXTS[microsecond // 1000]
 
 
 # --- parts of an event ------------------------------------------------------------------
@@ -246,58 +255,60 @@ class UsageEvent:
         return moves
 
     def to_json(self) -> bytes:
-        # orjson writes this dict in about 2.6 µs and the dataclass in 3.3 µs. A test checks
-        # that both give the same bytes.
+        # orjson writes a dict in less time than the dataclass, and filling a copy of a dict
+        # that has every key already (in field order) takes two thirds of the time of a dict
+        # display. Tests check that the output equals orjson's output for the dataclass.
         tokens = self.tokens
-        return orjson.dumps(
-            {
-                "schema_version": self.schema_version,
-                "event_id": self.event_id,
-                "request_id": self.request_id,
-                "started_at": self.started_at,
-                "instance": self.instance,
-                "site": self.site,
-                "entry_instance": self.entry_instance,
-                "entry_site": self.entry_site,
-                "operation": self.operation,
-                "dialect": self.dialect,
-                "key_name": self.key_name,
-                "team": self.team,
-                "user": self.user,
-                "identity": self.identity,
-                "provider": self.provider,
-                "provider_kind": self.provider_kind,
-                "deployment": self.deployment,
-                "model_requested": self.model_requested,
-                "model_served": self.model_served,
-                "tokens": {
-                    "input": tokens.input,
-                    "output": tokens.output,
-                    "cached_input": tokens.cached_input,
-                    "cache_write": tokens.cache_write,
-                    "reasoning": tokens.reasoning,
-                },
-                "usage_source": self.usage_source,
-                "cost_usd": self.cost_usd,
-                "price_missing": self.price_missing,
-                "price_as_of": self.price_as_of,
-                "price_version": self.price_version,
-                "latency_ms": self.latency_ms,
-                "ttft_ms": self.ttft_ms,
-                "stream": self.stream,
-                "cache": self.cache,
-                "attempts": [
-                    {"deployment": a.deployment, "error": a.error, "status": a.status}
-                    for a in self.attempts
-                ],
-                "normalization": self.normalization,
-                "policy": self.policy,
-                "finish_reason": self.finish_reason,
-                "status": self.status,
-                "error_type": self.error_type,
-                "client_disconnected": self.client_disconnected,
-            }
-        )
+        data = _JSON_TEMPLATE.copy()
+        data["schema_version"] = self.schema_version
+        data["event_id"] = self.event_id
+        data["request_id"] = self.request_id
+        data["started_at"] = self.started_at
+        data["instance"] = self.instance
+        data["site"] = self.site
+        data["entry_instance"] = self.entry_instance
+        data["entry_site"] = self.entry_site
+        data["operation"] = self.operation
+        data["dialect"] = self.dialect
+        data["key_name"] = self.key_name
+        data["team"] = self.team
+        data["user"] = self.user
+        data["identity"] = self.identity
+        data["provider"] = self.provider
+        data["provider_kind"] = self.provider_kind
+        data["deployment"] = self.deployment
+        data["model_requested"] = self.model_requested
+        data["model_served"] = self.model_served
+        data["tokens"] = {
+            "input": tokens.input,
+            "output": tokens.output,
+            "cached_input": tokens.cached_input,
+            "cache_write": tokens.cache_write,
+            "reasoning": tokens.reasoning,
+        }
+        data["usage_source"] = self.usage_source
+        data["cost_usd"] = self.cost_usd
+        data["price_missing"] = self.price_missing
+        data["price_as_of"] = self.price_as_of
+        data["price_version"] = self.price_version
+        data["latency_ms"] = self.latency_ms
+        data["ttft_ms"] = self.ttft_ms
+        data["stream"] = self.stream
+        data["cache"] = self.cache
+        # A loop, because a list comprehension is a function call of its own before 3.12.
+        attempts = []
+        for attempt in self.attempts:
+            attempts.append(
+                {"deployment": attempt.deployment, "error": attempt.error, "status": attempt.status}
+            )
+        data["attempts"] = attempts
+        data["normalization"] = self.normalization
+        data["policy"] = self.policy
+        data["finish_reason"] = self.finish_reason
+        data["status"] = self.status
+        data["error_type"] = self.error_type
+        data["client_disconnected"] = self.client_disconnected
+        return orjson.dumps(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
@@ -329,3 +340,63 @@ class UsageEvent:
         if not isinstance(data, dict):
             raise ValueError("A usage event must be a JSON object.")
         return cls.from_dict(data)
+
+
+_JSON_TEMPLATE: dict[str, Any] = dict.fromkeys(f.name for f in fields(UsageEvent))
+"""Every key of an event's JSON form in field order, the order of ``to_json``'s output."""
+
+
+def started_event(
+    event_id: str,
+    request_id: str,
+    started_at: str,
+    instance: str,
+    site: str,
+    operation: str,
+    dialect: str,
+) -> UsageEvent:
+    """Return the event of a request that has just arrived: every other field at its default.
+
+    The result equals ``UsageEvent(event_id=event_id, ...)`` with the same values, which a
+    test checks field by field. The dataclass's ``__init__`` takes about 1 µs to bind its 36
+    keyword-only parameters, so the gateway, which starts one event per request, sets the
+    slots here in a third of that time.
+    """
+    event = object.__new__(UsageEvent)
+    event.schema_version = SCHEMA_VERSION
+    event.event_id = event_id
+    event.request_id = request_id
+    event.started_at = started_at
+    event.instance = instance
+    event.site = site
+    event.entry_instance = None
+    event.entry_site = None
+    event.operation = operation
+    event.dialect = dialect
+    event.key_name = None
+    event.team = None
+    event.user = None
+    event.identity = None
+    event.provider = None
+    event.provider_kind = None
+    event.deployment = None
+    event.model_requested = None
+    event.model_served = None
+    event.tokens = TokenCounts()
+    event.usage_source = "none"
+    event.cost_usd = None
+    event.price_missing = False
+    event.price_as_of = None
+    event.price_version = None
+    event.latency_ms = 0.0
+    event.ttft_ms = None
+    event.stream = False
+    event.cache = "none"
+    event.attempts = []
+    event.normalization = []
+    event.policy = None
+    event.finish_reason = None
+    event.status = 0
+    event.error_type = None
+    event.client_disconnected = False
+    return event

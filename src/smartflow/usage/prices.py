@@ -138,6 +138,119 @@ def cost_of(price: ModelPrice, usage: Usage) -> Decimal:
     return token_cost / _MILLION + price.request_fee
 
 
+_DECIMAL_LIMIT = 10**28
+"""The smallest integer with more digits than the 28 significant digits of the default
+``decimal`` context, in which ``cost_of`` computes."""
+
+
+@dataclass(frozen=True, slots=True)
+class _UnitRates:
+    """One set of rates and the request fee in whole units of ``10**-places`` USD per token.
+
+    A cost is then an exact sum of integers, computed in less than half the instructions of
+    the ``Decimal`` arithmetic in ``cost_of``. A test checks that both give the same text.
+    """
+
+    places: int
+    unit: int
+    """``10**places``: the units in one dollar."""
+    input: int
+    output: int
+    cached_input: int
+    cache_write: int
+    reasoning: int
+    fee: int
+
+    @classmethod
+    def of(cls, rates: Rates, fee: Decimal) -> _UnitRates | None:
+        """Convert ``rates`` and ``fee`` to units. Returns None unless all are finite and
+        at least 0, which the catalogue files ensure but prices built in code may not."""
+        per_million = (
+            rates.input,
+            rates.output,
+            rates.cached_input,
+            rates.cache_write,
+            rates.reasoning,
+        )
+        if not all(number.is_finite() and number >= 0 for number in (*per_million, fee)):
+            return None
+        # The smallest power of ten that turns every per-token rate and the fee into whole units.
+        places = max(0, -_exponent(fee), *(6 - _exponent(rate) for rate in per_million))
+        return cls(
+            places=places,
+            unit=10**places,
+            input=_whole_units(rates.input, places - 6),
+            output=_whole_units(rates.output, places - 6),
+            cached_input=_whole_units(rates.cached_input, places - 6),
+            cache_write=_whole_units(rates.cache_write, places - 6),
+            reasoning=_whole_units(rates.reasoning, places - 6),
+            fee=_whole_units(fee, places),
+        )
+
+    def usd_text(self, usage: Usage) -> str | None:
+        """Return the cost of ``usage`` as ``format_usd(cost_of(...))`` writes it, or None
+        when ``cost_of`` must decide.
+
+        ``cost_of`` decides for detail counts above their totals, which it logs, and for
+        counts that are not ``int``, such as a float from a provider's JSON, which it
+        rejects. It also decides for a cost with more significant digits than its
+        ``decimal`` context keeps.
+        """
+        cached = usage.cached_input_tokens
+        written = usage.cache_write_tokens
+        reasoning = usage.reasoning_tokens
+        uncached = usage.input_tokens - cached - written
+        visible = usage.output_tokens - reasoning
+        if cached < 0 or written < 0 or reasoning < 0 or uncached < 0 or visible < 0:
+            return None
+        total = (
+            uncached * self.input
+            + cached * self.cached_input
+            + written * self.cache_write
+            + visible * self.output
+            + reasoning * self.reasoning
+            + self.fee
+        )
+        # A count of another type makes the total a float or Decimal. Every value in
+        # cost_of has a coefficient of at most total (its exponent is at least -places),
+        # so below _DECIMAL_LIMIT cost_of rounds nothing and returns this exact value.
+        if type(total) is not int or total >= _DECIMAL_LIMIT:
+            return None
+        whole, fraction = divmod(total, self.unit)
+        if not fraction:
+            return str(whole)
+        # unit + fraction has a leading 1 and then fraction padded with zeros to places digits.
+        return f"{whole}.{str(self.unit + fraction)[1:].rstrip('0')}"
+
+
+def _exponent(number: Decimal) -> int:
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int), "only finite numbers have a whole exponent"
+    return exponent
+
+
+def _whole_units(number: Decimal, places: int) -> int:
+    """Return ``number * 10**places`` exactly. ``places`` must make it a whole number.
+
+    The digits are shifted as text, because Decimal arithmetic rounds to 28 digits.
+    """
+    digits = number.as_tuple().digits
+    shift = _exponent(number) + places
+    assert shift >= 0, "places must make the number whole"
+    # Catalogue numbers are at least 0, so the sign only ever belongs to a zero.
+    return int("".join(map(str, digits)) + "0" * shift)
+
+
+_MAX_CACHED_LOOKUPS = 4096
+"""Lookup results that a ``PriceCatalog`` keeps. It clears them all when it has this many."""
+
+
+_Found = tuple[ModelPrice, _UnitRates | None, _UnitRates | None]
+"""A catalogue entry with its rates, and those of its long-context tier, in units (None
+for the rates of an entry without a tier, or that ``_UnitRates.of`` cannot convert)."""
+_NOT_LOOKED_UP: Any = object()
+
+
 class PriceCatalog:
     """Prices keyed by provider type and model name, aliases included."""
 
@@ -148,6 +261,8 @@ class PriceCatalog:
         self._prices: dict[tuple[str, str], ModelPrice] = {}
         for price in prices:
             self._prices[(price.provider, price.model)] = price
+        # The entry found for a provider type and model names, with its rates in units.
+        self._found: dict[tuple[str, tuple[str | None, ...]], _Found | None] = {}
 
     def __len__(self) -> int:
         return len(self._prices)
@@ -251,13 +366,61 @@ class PriceCatalog:
         Pass the most specific name first: the model the provider reported, then the
         deployment's base model, then its upstream name.
         """
-        for model in models:
+        found = self._find(provider, models)
+        if found is None:
+            return Cost(None, None)
+        return Cost(cost_of(found[0], usage), found[0])
+
+    def cost_text(
+        self, provider: str, models: Sequence[str | None], usage: Usage
+    ) -> tuple[str, ModelPrice] | None:
+        """Return ``format_usd`` of the cost that ``cost`` computes, and the entry that
+        priced it, or None when no entry matched.
+
+        The usage event takes its cost in this form. The text is computed with integers,
+        without ``Decimal``, unless ``_UnitRates.usd_text`` leaves it to ``cost_of``.
+        """
+        found = self._find(provider, models)
+        if found is None:
+            return None
+        price, base, long_context = found
+        rates = base
+        tier = price.long_context
+        if tier is not None and usage.input_tokens > tier.above_input_tokens:
+            rates = long_context
+        text = None if rates is None else rates.usd_text(usage)
+        if text is None:
+            text = format_usd(cost_of(price, usage))
+        return text, price
+
+    def _find(self, provider: str, models: Sequence[str | None]) -> _Found | None:
+        """Return the entry for the first of ``models`` with one, with its rates in units.
+
+        The result for each provider type and tuple of names is kept, because the gateway
+        prices every request with the names of one of a few deployments.
+        """
+        names = models if type(models) is tuple else tuple(models)
+        key = (provider, names)
+        found: _Found | None = self._found.get(key, _NOT_LOOKED_UP)
+        if found is not _NOT_LOOKED_UP:
+            return found
+        found = None
+        for model in names:
             if not model:
                 continue
             price = self.lookup(provider, model)
             if price is not None:
-                return Cost(cost_of(price, usage), price)
-        return Cost(None, None)
+                tier = price.long_context
+                found = (
+                    price,
+                    _UnitRates.of(price.rates, price.request_fee),
+                    None if tier is None else _UnitRates.of(tier.rates, price.request_fee),
+                )
+                break
+        if len(self._found) >= _MAX_CACHED_LOOKUPS:
+            self._found.clear()
+        self._found[key] = found
+        return found
 
 
 def _parse_entry(

@@ -43,13 +43,7 @@ class UsageRecorder:
         self._rejected = 0
 
     def start(self, request_id: str, dialect: str, operation: str = "chat") -> UsageBuilder:
-        return UsageBuilder(
-            request_id=request_id,
-            dialect=dialect,
-            instance=self.instance,
-            site=self.site,
-            operation=operation,
-        )
+        return UsageBuilder(request_id, dialect, self.instance, self.site, operation)
 
     def emit(self, builder: UsageBuilder, status: int) -> UsageEvent | None:
         """Finish ``builder`` and hand its event to the queue and the metrics.

@@ -111,7 +111,23 @@ def _openai_body(data: dict[str, Any]) -> _Final | None:
     content = message.get("content")
     if not (isinstance(content, str) and content) and message.get("refusal"):
         finish = "refusal"
-    return data.get("model") or "", finish, openai.parse_usage(data.get("usage"))
+    return data.get("model") or "", finish, _openai_usage(data.get("usage"))
+
+
+def _openai_usage(raw: Any) -> Usage:
+    """Convert OpenAI usage as ``openai.parse_usage`` does, but with positional arguments,
+    which take about a quarter less time. A test checks that both agree."""
+    if not raw:
+        return Usage()
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        raw.get("prompt_tokens") or 0,
+        raw.get("completion_tokens") or 0,
+        prompt_details.get("cached_tokens") or 0,
+        0,
+        completion_details.get("reasoning_tokens") or 0,
+    )
 
 
 def _anthropic_body(data: dict[str, Any]) -> _Final | None:
@@ -125,27 +141,27 @@ def _openai_stream(head: bytes, tail: list[bytes]) -> _Final | None:
     """Read the first chunk and the last ones, which must end with ``[DONE]``."""
     if not tail or tail[-1] != b"[DONE]":
         return None
-    model = ""
+    start = orjson.loads(head)
+    if not isinstance(start, dict) or start.get("error"):
+        return None
     finish: FinishReason | None = None
     usage: Usage | None = None
-    for index, data in enumerate([head, *tail[:-1]]):
-        chunk = orjson.loads(data)
+    for index in range(len(tail) - 1):
+        chunk = orjson.loads(tail[index])
         if not isinstance(chunk, dict) or chunk.get("error"):
             return None
-        if index == 0:
-            model = chunk.get("model") or ""
-            continue
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
             reason = choice.get("finish_reason")
             if reason:
                 finish = openai.FINISH_FROM_OPENAI.get(reason, "stop")
-        if chunk.get("usage"):
-            usage = openai.parse_usage(chunk["usage"])
+        raw_usage = chunk.get("usage")
+        if raw_usage:
+            usage = _openai_usage(raw_usage)
     if finish is None or usage is None:
         return None
-    return model, finish, usage
+    return start.get("model") or "", finish, usage
 
 
 def _anthropic_stream(head: bytes, tail: list[bytes]) -> _Final | None:
@@ -202,17 +218,35 @@ def _read_stream_final(
     head_data = _event_data(head.rstrip(b"\n"))
     if head_data is None:
         return None
-    tail_data = []
-    for block in tail.split(b"\n\n"):
-        if block:
-            data = _event_data(block)
-            if data is None:
-                return None
-            tail_data.append(data)
+    tail_data = _data_lines(tail)
+    if tail_data is None:
+        tail_data = []
+        for block in tail.split(b"\n\n"):
+            if block:
+                data = _event_data(block)
+                if data is None:
+                    return None
+                tail_data.append(data)
     try:
         return reader(head_data, tail_data)
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
+
+
+def _data_lines(events: bytes) -> list[bytes] | None:
+    """Return the payloads of ``events`` when each event is one ``data: `` line, as OpenAI
+    sends them, else None.
+
+    The result is what ``_event_data`` returns for each event, found with one split instead
+    of a call per event. ``events`` has LF line ends.
+    """
+    if not (events.startswith(b"data: ") and events.endswith(b"\n\n")):
+        return None
+    payloads = events[6:-2].split(b"\n\ndata: ")
+    # Each event adds its two line ends. Any other line end means a line more in some event.
+    if events.count(b"\n") != 2 * len(payloads):
+        return None
+    return payloads
 
 
 def _event_data(block: bytes) -> bytes | None:
@@ -221,9 +255,14 @@ def _event_data(block: bytes) -> bytes | None:
     ``block`` has LF line ends. A JSON payload contains no raw line break, so its line is the
     last one."""
     line = block.rfind(b"\n") + 1
+    if not line:
+        # A single line, as in every OpenAI event. This usual case is checked first.
+        if block.startswith(b"data: "):
+            return block[6:]
+        return block[5:] if block.startswith(b"data:") else None
     if not block.startswith(b"data:", line):
         return None
-    if line and (block.startswith(b"data:") or b"\ndata:" in block[: line - 1]):
+    if block.startswith(b"data:") or b"\ndata:" in block[: line - 1]:
         return None
     line += 5
     return block[line + 1 :] if block[line : line + 1] == b" " else block[line:]
@@ -243,11 +282,26 @@ class PassthroughTap:
     is then unknown.
     """
 
+    __slots__ = (
+        "_builder",
+        "_decoder",
+        "_head",
+        "_parser",
+        "_pending",
+        "_pending_bytes",
+        "_provider",
+        "_settled",
+        "_stopped",
+        "_tail_possible",
+    )
+
     def __init__(self, builder: UsageBuilder, provider: Provider) -> None:
         self._builder = builder
         self._provider = provider
         self._parser: FrameParser = provider.frame_parser()
-        self._decoder: StreamDecoder = provider.stream_decoder()
+        # Created when the first event is decoded, because most streams need only their
+        # head and tail, which _record_head_and_tail decodes itself.
+        self._decoder: StreamDecoder | None = None
         self._stopped = False
         self._settled = False
         self._pending: list[bytes] = []
@@ -294,10 +348,13 @@ class PassthroughTap:
     def _decode(self, chunks: list[bytes]) -> None:
         if self._stopped:
             return
+        if self._decoder is None:
+            self._decoder = self._provider.stream_decoder()
+        decoder = self._decoder
         try:
             for chunk in chunks:
                 for name, data in self._parser.feed(chunk):
-                    for event in self._decoder.feed(data, name):
+                    for event in decoder.feed(data, name):
                         self._builder.observe(event)
         except (orjson.JSONDecodeError, SmartflowError, KeyError, TypeError, ValueError) as exc:
             # An error event from the provider lands here too; the gateway reports it.
@@ -331,30 +388,34 @@ class PassthroughTap:
         if b"\r" in data:
             return False  # CR line ends: boundaries are not plain blank lines.
         head = self._head
+        # The events after the head start at data[start:]. Searching with offsets avoids
+        # copying the stream.
+        start = 0
         if head is None:
             end = data.find(b"\n\n")
             if end < 0:
                 return False
-            head, data = data[: end + 2], data[end + 2 :]
+            head, start = data[: end + 2], end + 2
         tail_start = len(data)
         for _ in range(_TAIL_EVENTS + 1):
-            found = data.rfind(b"\n\n", 0, tail_start)
+            found = data.rfind(b"\n\n", start, tail_start)
             if found < 0:
                 if self._head is not None:
                     return False  # the pending bytes may start inside an event
-                tail_start = -2
+                tail_start = start - 2
                 break
             tail_start = found
+        tail = data[tail_start + 2 :]
         reader = _STREAM_READERS.get(self._provider.dialect or "")
         if reader is not None:
-            final = _read_stream_final(reader, head, data[tail_start + 2 :])
+            final = _read_stream_final(reader, head, tail)
             if final is not None:
                 self._builder.record_final(*final)
                 return True
         decoder = self._provider.stream_decoder()
         events: list[StreamEvent] = []
         try:
-            for name, payload in self._provider.frame_parser().feed(head + data[tail_start + 2 :]):
+            for name, payload in self._provider.frame_parser().feed(head + tail):
                 events.extend(decoder.feed(payload, name))
         except (orjson.JSONDecodeError, SmartflowError, KeyError, TypeError, ValueError):
             return False
