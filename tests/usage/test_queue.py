@@ -460,3 +460,63 @@ async def test_random_removals_match_a_model(tmp_path: Path, seed: int) -> None:
         assert reopened.stats().bytes == sum(model.values())
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        b'{"head": 0, "removed": "0123"}',
+        b'{"head": 2.9, "removed": []}',
+        b'{"head": true, "removed": []}',
+        b'{"head": 0, "removed": [100000000000000000000]}',
+        b'{"head": 123456789012, "removed": []}',
+    ],
+    ids=["removed-string", "head-float", "head-bool", "removed-huge", "head-past-end"],
+)
+async def test_invalid_cursor_sends_events_again(tmp_path: Path, cursor: bytes) -> None:
+    path = tmp_path / "queue"
+    queue = await UsageQueue.open(path)
+    await _offer_all(queue, [_event(i) for i in range(5)])
+    await queue.close()
+    (path / "cursor.json").write_bytes(cursor)
+
+    reopened = await UsageQueue.open(path)
+    try:
+        assert await _request_ids(reopened) == [f"r{i}" for i in range(5)]
+        assert await reopened.ack([0]) == 1
+    finally:
+        await reopened.close()
+
+
+async def test_failed_cursor_write_keeps_the_writer_going(tmp_path: Path) -> None:
+    # A directory where the cursor's temporary file goes makes every cursor write fail.
+    path = tmp_path / "queue"
+    queue = await UsageQueue.open(path, QueueSettings(max_events=5))
+    try:
+        (path / "cursor.json.new").mkdir()
+        await _offer_all(queue, [_event(i) for i in range(8)])
+        assert queue.stats().dropped_oldest == 3
+        assert await queue.ack([3]) == 1
+        await _offer_all(queue, [_event(8)])
+        assert await _request_ids(queue) == ["r4", "r5", "r6", "r7", "r8"]
+    finally:
+        await queue.close()
+    (path / "cursor.json.new").rmdir()
+    reopened = await UsageQueue.open(path)
+    await reopened.close()
+
+
+async def test_segment_with_an_invalid_name_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "queue"
+    queue = await UsageQueue.open(path)
+    await _offer_all(queue, [_event(0)])
+    await queue.close()
+    (segment,) = path.glob("segment-*.log")
+    for name in ("segment--5.log", "segment-1_0.log", "segment-" + "9" * 30 + ".log"):
+        (path / name).write_bytes(segment.read_bytes())
+
+    reopened = await UsageQueue.open(path)
+    try:
+        assert await _request_ids(reopened) == ["r0"]
+    finally:
+        await reopened.close()

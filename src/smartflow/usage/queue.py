@@ -376,10 +376,14 @@ class UsageQueue:
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._syncer
-        self._save_cursor()
-        await self._run(self._sync_files)
-        self._release()
-        self._executor.shutdown(wait=True)
+        try:
+            self._save_cursor()
+            await self._run(self._sync_files)
+        except OSError as exc:
+            logger.error("usage queue: syncing %s at close failed: %s", self.directory, exc)
+        finally:
+            self._release()
+            self._executor.shutdown(wait=True)
         logger.info("usage queue at %s closed: %d events pending", self.directory, self._depth)
 
     async def import_sqlite(self, path: Path) -> int:
@@ -610,8 +614,16 @@ class UsageQueue:
             segment.path.unlink(missing_ok=True)
 
     def _save_cursor(self) -> None:
-        data = orjson.dumps({"head": self._head, "removed": sorted(self._removed)})
-        _replace_file(self.directory / _CURSOR, data)
+        """Write the cursor file. A failed write is logged, not raised: the next save
+        writes the whole cursor, and a restart before then sends some events again."""
+        path = self.directory / _CURSOR
+        try:
+            data = orjson.dumps({"head": self._head, "removed": sorted(self._removed)})
+            _replace_file(path, data)
+        except (OSError, TypeError) as exc:
+            logger.error(
+                "usage queue: writing %s failed (%s); will retry on the next ack", path, exc
+            )
 
     # --- reading ------------------------------------------------------------------------
 
@@ -667,8 +679,17 @@ class UsageQueue:
             else:
                 self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
             last_seq = self._segments[-1].next_seq
-            # A cursor from other files must not hide events written after it.
-            self._head = min(max(self._head, self._segments[0].first_seq), last_seq)
+            if self._head > last_seq:
+                # A cursor from other files must not hide the events in these.
+                logger.error(
+                    "usage queue: %s points past the last event (%d > %d); sending every "
+                    "queued event again",
+                    self.directory / _CURSOR,
+                    self._head,
+                    last_seq,
+                )
+                self._head, self._removed = 0, set()
+            self._head = max(self._head, self._segments[0].first_seq)
             self._removed = {seq for seq in self._removed if seq >= self._head}
             self._depth = self._bytes = 0
             for segment in self._segments:
@@ -685,8 +706,12 @@ class UsageQueue:
         path = self.directory / _CURSOR
         try:
             data = orjson.loads(path.read_bytes())
-            head = int(data["head"])
-            self._removed = {int(seq) for seq in data["removed"]}
+            head, removed = data["head"], data["removed"]
+            if not _is_seq(head) or not isinstance(removed, list):
+                raise ValueError("head must be a whole number and removed a list of them")
+            if not all(_is_seq(seq) for seq in removed):
+                raise ValueError("removed must list whole numbers")
+            self._removed = set(removed)
         except FileNotFoundError:
             return 0
         except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
@@ -697,14 +722,16 @@ class UsageQueue:
             )
             self._removed = set()
             return 0
-        return head
+        return int(head)
 
     def _index_segment(self, path: Path, *, is_last: bool) -> None:
-        try:
-            first_seq = int(path.stem.removeprefix("segment-"))
-        except ValueError:
-            logger.error("usage queue: ignoring %s, whose name is not a segment's", path)
+        digits = path.stem.removeprefix("segment-")
+        if not (digits.isascii() and digits.isdigit() and _is_seq(int(digits))):
+            logger.error(
+                "usage queue: ignoring %s, whose name is not a segment's; move it aside", path
+            )
             return
+        first_seq = int(digits)
         if self._segments and first_seq < self._segments[-1].next_seq:
             logger.error("usage queue: %s overlaps the segment before it; ignoring it", path.name)
             return
@@ -781,6 +808,14 @@ async def open_state_queue(state_dir: str | Path, settings: QueueSettings) -> Us
             await queue.close()
             raise
     return queue
+
+
+_MAX_SEQ = 2**63 - 1
+
+
+def _is_seq(value: object) -> bool:
+    """Return whether ``value`` can be a queue position: an int from 0 to 2**63 - 1."""
+    return type(value) is int and 0 <= value <= _MAX_SEQ
 
 
 def _line(body: bytes) -> bytes:
