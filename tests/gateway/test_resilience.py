@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import aiohttp
 import anthropic
@@ -11,6 +12,9 @@ import openai
 import orjson
 import pytest
 
+from smartflow.config.schema import parse_config
+from smartflow.core.errors import ConfigError
+from smartflow.gateway.app import GATEWAY_KEY, build_app, start_gateway
 from smartflow.sim.base import Fault
 from tests.conftest import VIRTUAL_KEY, Stack, start_stack, stop_stack
 from tests.gateway.clients import anthropic_client, openai_client
@@ -193,3 +197,17 @@ async def test_disconnect_logs_no_traceback(stack: Stack, caplog: pytest.LogCapt
     await asyncio.sleep(0.3)
     errors = [r for r in caplog.records if r.levelno >= 40 and r.name.startswith("smartflow")]
     assert errors == []
+
+
+async def test_failed_start_closes_provider_session(tmp_path: Path) -> None:
+    # A file where the state directory should be makes the usage queue fail at startup,
+    # after the provider session has opened.
+    state_file = tmp_path / "state"
+    state_file.write_text("not a directory")
+    config = parse_config({"state_dir": str(state_file), "usage": {"enabled": True}})
+    app = build_app(config)
+    with pytest.raises(ConfigError, match="Cannot open the usage queue"):
+        await start_gateway(app, "127.0.0.1", 0)
+    session = app[GATEWAY_KEY].dispatcher.session
+    assert session is not None
+    assert session.closed

@@ -261,7 +261,12 @@ async def start_gateway(
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, keepalive_timeout=idle_timeout_s
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # Close what the contexts that did start opened, such as the provider session.
+        await runner.cleanup()
+        raise
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()
