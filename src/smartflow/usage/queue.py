@@ -583,14 +583,14 @@ class UsageQueue:
             segment = self._segments[index]
             stop = min(high, segment.next_seq)
             if seq < stop:
-                gone = [s for s in self._removed if seq <= s < stop] if self._removed else []
+                already_removed = [s for s in self._removed if seq <= s < stop]
                 first, _ = segment.span(seq)
                 _, last = segment.span(stop - 1)
                 size = last - first - (stop - seq) * (_PREFIX + 1)
-                for old in gone:
+                for old in already_removed:
                     old_start, old_end = segment.span(old)
                     size -= old_end - old_start - _PREFIX - 1
-                count = stop - seq - len(gone)
+                count = stop - seq - len(already_removed)
                 self._removed.update(range(seq, stop))
                 self._depth -= count
                 self._bytes -= size
