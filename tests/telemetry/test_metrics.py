@@ -28,7 +28,8 @@ from smartflow.usage.events import (
 )
 from smartflow.usage.queue import UsageQueue
 from smartflow.usage.shipper import ShipperSettings, UsageShipper
-from tests.conftest import free_port
+from tests.conftest import free_port, start_stack, stop_stack
+from tests.gateway.clients import openai_client
 from tests.usage.ingest_server import TOKEN, IngestServer
 
 DASHBOARD = Path(__file__).parents[2] / "grafana" / "smartflow-dashboard.json"
@@ -391,3 +392,27 @@ def test_unpriced_and_first_token_series_appear_when_used() -> None:
     assert _value(body, "smartflow_usage_unpriced_requests_total") == 2
     assert _value(body, "gen_ai_server_time_to_first_token_seconds_count") == 2
     assert _value(body, "gen_ai_server_time_to_first_token_seconds_bucket", le="0.04") == 2
+
+
+@pytest.mark.parametrize("counted", [True, False])
+async def test_instance_metrics_without_usage_events(counted: bool) -> None:
+    """Request metrics need no usage events; ``telemetry.metrics: false`` turns them off."""
+    stack = await start_stack(telemetry={"metrics": counted})
+    try:
+        client = openai_client(stack.url)
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        await client.close()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(stack.url + "/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+    finally:
+        await stop_stack(stack)
+    assert not list(Path.cwd().glob("**/usage/queue"))
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert ("smartflow_requests" in names) is counted
+    if counted:
+        assert _value(text, "smartflow_requests_total", gen_ai_request_model="gpt-4o") == 1
+        assert _value(text, "gen_ai_client_token_usage_count", gen_ai_token_type="input") == 1

@@ -1,4 +1,4 @@
-"""The ``telemetry:`` section: export of request traces over OTLP/HTTP."""
+"""The ``telemetry:`` section: request metrics, and export of request traces over OTLP/HTTP."""
 
 from __future__ import annotations
 
@@ -34,5 +34,8 @@ class OtlpSettings(_Strict):
 
 
 class TelemetrySettings(_Strict):
+    metrics: bool = True
+    """Count requests, tokens, cost and latency for ``GET /metrics``, with usage events on
+    or off. Off saves the few microseconds per request that recording them costs."""
     otlp: OtlpSettings | None = None
     """Export a trace of each API request over OTLP/HTTP. Off when absent."""

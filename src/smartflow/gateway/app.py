@@ -132,17 +132,19 @@ def build_app(
         if peering is None
         else peering.dispatcher(None, config.retry, keys=keys, **dispatcher_options)
     )
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(requests=config.telemetry.metrics)
     recorder = (UsageRecorder if peering is None else peering.usage_recorder)(
         instance=config.server.instance,
         site=config.server.site,
         prices=PriceCatalog.default(),
-        metrics=metrics,
+        metrics=metrics if config.telemetry.metrics else None,
         tracer=tracer,
     )
     gateway = (Gateway if peering is None else peering.gateway)(
-        # Spans take their attributes from the usage event, so tracing needs the builder.
-        usage=recorder if config.usage.enabled or tracer is not None else None,
+        # Metrics and spans take their values from the usage event, so they need the builder.
+        usage=recorder
+        if config.usage.enabled or config.telemetry.metrics or tracer is not None
+        else None,
         router=Router(routes),
         keys=keys,
         dispatcher=dispatcher,

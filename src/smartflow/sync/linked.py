@@ -319,11 +319,15 @@ async def start_linked_gateway(
     enrollment = await enroll(link, files, name=name, site=site, token=token, ssl_option=ssl_option)
     _warn_ignored(config)
 
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(requests=config.telemetry.metrics)
     recorder = usage_recorder_class(config.peering)(
-        instance=name, site=site, prices=PriceCatalog.default(), metrics=metrics
+        instance=name,
+        site=site,
+        prices=PriceCatalog.default(),
+        metrics=metrics if config.telemetry.metrics else None,
     )
-    usage = recorder if config.usage.enabled else None
+    # Metrics take their values from the usage event, so they need the builder too.
+    usage = recorder if config.usage.enabled or config.telemetry.metrics else None
     builder = RuntimeBuilder(
         config,
         site=site,
@@ -392,6 +396,7 @@ async def start_linked_gateway(
             site=site,
             batch_events=tuning.batch_events,
             idle_wait_s=tuning.idle_wait_s,
+            fill_wait_s=tuning.fill_wait_s,
             backoff_max_s=tuning.backoff_max_s,
         )
         app.cleanup_ctx.append(_usage_context(config, recorder, metrics, shipping, ssl_option))

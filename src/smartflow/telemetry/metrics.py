@@ -247,8 +247,14 @@ class GatewayMetrics:
     """The metrics of one instance in their own registry, and the ``/metrics`` handler."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, max_label_values: int = 200
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_label_values: int = 200,
+        requests: bool = True,
     ) -> None:
+        """``requests=False`` leaves the request series out of the exposition, for an
+        instance that does not record them (``telemetry.metrics: false``)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self._cap = _LabelCap(max_label_values)
         # Resolved labels and series per event key, so that recording an event whose labels
@@ -259,9 +265,10 @@ class GatewayMetrics:
         self._pipeline: _PipelineCollector | None = None
         self._define_genai()
         self._define_gateway()
-        self.registry.register(
-            _FamiliesCollector([v for v in vars(self).values() if isinstance(v, _FAMILY_TYPES)])
-        )
+        if requests:
+            self.registry.register(
+                _FamiliesCollector([v for v in vars(self).values() if isinstance(v, _FAMILY_TYPES)])
+            )
 
     def _define_genai(self) -> None:
         self.token_usage = _HistogramFamily(
