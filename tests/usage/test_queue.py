@@ -441,12 +441,22 @@ async def test_random_removals_match_a_model(tmp_path: Path, seed: int) -> None:
             events = [_event(round_index * 40 + i) for i in range(40)]
             await _offer_all(queue, events)
             model.update({e.request_id: len(e.to_json()) for e in events})
-            batch = await queue.read_batch(rng.randint(1, 120))
-            chosen = [b for b in batch if rng.random() < 0.6]
-            if rng.random() < 0.3:
-                await queue.dead_letter([b.seq for b in chosen], "HTTP 422: test")
+            limit = rng.randint(1, 120)
+            run = queue.read_run(limit)
+            batch = await queue.read_batch(limit)
+            if run is not None:
+                # From memory, the same events as from the files.
+                assert run.bodies == [b.body for b in batch]
+                assert run.first_seq == batch[0].seq
+            if run is not None and rng.random() < 0.5:
+                chosen = batch[: rng.randint(0, len(batch))]
+                await queue.ack_run(run.first_seq, len(chosen))
             else:
-                await queue.ack(b.seq for b in chosen)
+                chosen = [b for b in batch if rng.random() < 0.6]
+                if rng.random() < 0.3:
+                    await queue.dead_letter([b.seq for b in chosen], "HTTP 422: test")
+                else:
+                    await queue.ack(b.seq for b in chosen)
             for item in chosen:
                 model.pop(UsageEvent.from_json(item.body).request_id)
             assert queue.stats().depth == len(model)
@@ -518,5 +528,35 @@ async def test_segment_with_an_invalid_name_is_ignored(tmp_path: Path) -> None:
     reopened = await UsageQueue.open(path)
     try:
         assert await _request_ids(reopened) == ["r0"]
+    finally:
+        await reopened.close()
+
+
+async def test_recent_events_read_from_memory(tmp_path: Path) -> None:
+    queue = await UsageQueue.open(tmp_path / "queue")
+    try:
+        await _offer_all(queue, [_event(i) for i in range(10)])
+        run = queue.read_run(4)
+        assert run is not None
+        assert [UsageEvent.from_json(b).request_id for b in run.bodies] == ["r0", "r1", "r2", "r3"]
+        assert await queue.ack_run(run.first_seq, 4) == 4
+        assert await queue.ack_run(run.first_seq, 4) == 0
+        assert queue.stats().depth == 6
+        # An event removed out of order sends the shipper back to the files.
+        assert await queue.ack([6]) == 1
+        assert queue.read_run(10) is None
+        assert await _request_ids(queue) == ["r4", "r5", "r7", "r8", "r9"]
+        batch = await queue.read_batch(2)
+        assert await queue.ack(b.seq for b in batch) == 2
+        run = queue.read_run(10)
+        assert run is not None
+        assert [UsageEvent.from_json(b).request_id for b in run.bodies] == ["r7", "r8", "r9"]
+    finally:
+        await queue.close()
+    # After a restart nothing is in memory, and the files have the same events.
+    reopened = await UsageQueue.open(tmp_path / "queue")
+    try:
+        assert reopened.read_run(10) is None
+        assert await _request_ids(reopened) == ["r7", "r8", "r9"]
     finally:
         await reopened.close()

@@ -214,3 +214,60 @@ async def test_batches_respect_byte_limit(queue: UsageQueue, server: IngestServe
         await shipper.stop()
     assert [len(r["events"]) for r in server.requests] == [5, 5, 5, 5]
     assert len(server.stored) == 20
+
+
+async def test_partial_batch_waits_to_fill(
+    queue: UsageQueue, server: IngestServer
+) -> None:
+    shipper = UsageShipper(queue, _settings(server.url, batch_events=100, fill_wait_s=1.0))
+    shipper.start()
+    try:
+        await _offer(queue, range(3))
+        await _until(lambda: len(server.stored) == 3)
+        sent_first = time.monotonic()
+        # Written in steps within the wait, as a gateway writes under steady load.
+        for start in range(3, 253, 50):
+            await _offer(queue, range(start, start + 50))
+        await _until(lambda: len(server.stored) == 253)
+        waited = time.monotonic() - sent_first
+    finally:
+        await shipper.stop()
+    sizes = [len(request["events"]) for request in server.requests]
+    # After the partial first batch, the rest went out in full batches and one remainder.
+    assert sizes == [3, 100, 100, 50], sizes
+    assert waited >= 0.9
+
+
+async def test_full_batches_do_not_wait(queue: UsageQueue, server: IngestServer) -> None:
+    await _offer(queue, range(1000))
+    shipper = UsageShipper(queue, _settings(server.url, batch_events=100, fill_wait_s=30))
+    shipper.start()
+    try:
+        await _until(lambda: len(server.stored) == 1000, timeout=10)
+    finally:
+        await shipper.stop()
+    assert [len(request["events"]) for request in server.requests] == [100] * 10
+
+
+async def test_shipper_reads_files_after_restart(tmp_path: Path, server: IngestServer) -> None:
+    # After a restart the events are only on disk: the shipper reads them from the files,
+    # with the same byte limit and the same isolation of a rejected event.
+    size = len(_event(0).to_json())
+    first = await UsageQueue.open(tmp_path / "queue")
+    await _offer(first, range(20))
+    await first.close()
+    server.reject = lambda event: event["request_id"] == "r7"
+    queue = await UsageQueue.open(tmp_path / "queue")
+    assert queue.read_run(100) is None
+    shipper = UsageShipper(queue, _settings(server.url, max_batch_bytes=size * 6))
+    shipper.start()
+    try:
+        await _until(lambda: queue.stats().depth == 0)
+    finally:
+        await shipper.stop()
+        await queue.close()
+    assert {e["request_id"] for e in server.stored.values()} == {f"r{i}" for i in range(20)} - {
+        "r7"
+    }
+    assert queue.stats().dead_lettered == 1
+    assert max(len(r["events"]) for r in server.requests) == 5

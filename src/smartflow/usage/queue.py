@@ -5,9 +5,11 @@ never waits. A writer task appends the buffer to the current segment file in bat
 ``write`` call per batch, on the event loop: a batch of events is a few tens of kilobytes
 written to the page cache, which costs less than handing it to a thread. After the first
 event of a batch the writer waits ``batch_wait_s`` (10 ms by default) for more. The shipper
-reads the oldest events with ``read_batch`` and removes them with ``ack`` once the control
-plane has stored them, so delivery is at least once: an event read but not acknowledged is
-read again, also after a crash or restart. The control plane stores each event id once.
+reads the oldest events with ``read_run`` (from the last batches written, kept in memory)
+or ``read_batch`` (from the files), and removes them with ``ack_run`` or ``ack`` once the
+control plane has stored them. Delivery is at least once: an event read but not
+acknowledged is read again, also after a crash or restart. The control plane stores each
+event id once.
 
 Files under the queue directory:
 
@@ -41,6 +43,7 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -57,6 +60,7 @@ import orjson
 from smartflow.core.errors import ConfigError
 from smartflow.usage.events import UsageEvent
 from smartflow.usage.feedback import FeedbackEvent
+from smartflow.usage.recent import EventRun, RecentEvents
 
 __all__ = [
     "OnFull",
@@ -81,6 +85,8 @@ _RETRY_WRITE_S = 1.0
 _MAX_DEAD_EVENTS = 10_000
 _PREFIX = 9
 """Bytes before the JSON of a line: eight hex digits of the checksum and a space."""
+_RECENT_BYTES = 8 * 1024 * 1024
+"""JSON bytes of the newest written events kept in memory for ``read_run``."""
 _SEGMENT_GLOB = "segment-*.log"
 _CURSOR = "cursor.json"
 _DEAD = "dead.log"
@@ -223,6 +229,7 @@ class UsageQueue:
         self._removed: set[int] = set()
         """Seqs after ``_head`` removed out of order."""
         self._buffer: list[QueueItem] = []
+        self._recent = RecentEvents(_RECENT_BYTES)
         self._wakeup = asyncio.Event()
         self._has_events = asyncio.Event()
         self._idle = asyncio.Event()
@@ -331,6 +338,25 @@ class UsageQueue:
             self._has_events.clear()
         return batch
 
+    def read_run(self, limit: int) -> EventRun | None:
+        """Return up to ``limit`` of the oldest queued events from memory, without removing
+        them, or ``None`` when they are not all there: then ``read_batch`` reads the files.
+
+        Events are in memory from their write until about 8 MiB of newer ones follow, and
+        only while none after the oldest was removed out of order.
+        """
+        if self._removed:
+            return None
+        return self._recent.take(self._head, limit)
+
+    async def ack_run(self, first_seq: int, count: int) -> int:
+        """Remove the ``count`` events from ``first_seq`` on, as ``ack`` does."""
+        removed = self._remove_run(max(first_seq, self._head), first_seq + count)
+        if removed:
+            self._advance_head()
+            self._save_cursor()
+        return removed
+
     async def ack(self, seqs: Iterable[int]) -> int:
         """Remove the events at ``seqs``; returns how many were still queued."""
         removed = self._remove(seqs)
@@ -432,6 +458,7 @@ class UsageQueue:
         reject_new = self.settings.on_full == "reject_new"
         max_events, max_bytes = self.settings.max_events, self.settings.max_bytes
         depth, size = self._depth, self._bytes
+        bodies = []
         lines = []
         rejected = 0
         for event in batch:
@@ -439,9 +466,11 @@ class UsageQueue:
             if reject_new and (depth + 1 > max_events or size + len(body) > max_bytes):
                 rejected += 1
                 continue
+            bodies.append(body)
             lines.append(_line(body))
             depth += 1
             size += len(body)
+        first_seq = self._segments[-1].next_seq
         try:
             self._append_lines(lines)
         except OSError as exc:
@@ -454,6 +483,7 @@ class UsageQueue:
                 _RETRY_WRITE_S,
             )
             return False
+        self._recent.add(first_seq, bodies, sum(map(len, bodies)))
         self._written += len(lines)
         self._rejected_full += rejected
         dropped = self._drop_oldest() if self.settings.on_full == "drop_oldest" else 0
@@ -492,13 +522,10 @@ class UsageQueue:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, segment.end)
             raise
-        offset = segment.end
-        starts = segment.starts
-        for line in lines:
-            starts.append(offset)
-            offset += len(line)
-            self._bytes += len(line) - _PREFIX - 1
-        segment.end = offset
+        # The start of each line: the segment's end, then the running sum of the lengths.
+        segment.starts.extend(itertools.accumulate(map(len, lines[:-1]), initial=segment.end))
+        segment.end += len(data)
+        self._bytes += len(data) - len(lines) * (_PREFIX + 1)
         self._depth += len(lines)
         self._unsynced = True
 
@@ -591,7 +618,13 @@ class UsageQueue:
                     old_start, old_end = segment.span(old)
                     size -= old_end - old_start - _PREFIX - 1
                 count = stop - seq - len(already_removed)
-                self._removed.update(range(seq, stop))
+                if seq == self._head:
+                    # Removed from the head on, as the shipper acknowledges in order: the
+                    # head moves past them, with no entry per event in _removed.
+                    self._head = stop
+                    self._removed.difference_update(already_removed)
+                else:
+                    self._removed.update(range(seq, stop))
                 self._depth -= count
                 self._bytes -= size
                 removed += count

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -38,6 +39,7 @@ from smartflow.core.errors import ConfigError
 from smartflow.providers.base import Secret
 from smartflow.usage.events import SCHEMA_VERSION, new_event_id, utc_timestamp
 from smartflow.usage.queue import QueuedEvent, UsageQueue
+from smartflow.usage.recent import EventRun
 
 __all__ = [
     "INGEST_PATH",
@@ -69,6 +71,8 @@ class ShipperSettings:
     """Upper bound of a request body; a single larger event is still sent alone."""
     idle_wait_s: float = 1.0
     """How long to wait for new events before checking the queue again."""
+    fill_wait_s: float = 0.0
+    """How long to wait after a partial batch before reading the next one."""
     timeout_s: float = 30.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
@@ -163,6 +167,8 @@ class UsageShipper:
             return
         if sent == 0:
             await self._wait_for_events()
+        elif sent < self.settings.batch_events and self.settings.fill_wait_s:
+            await self._sleep(self.settings.fill_wait_s)
 
     # --- one batch ----------------------------------------------------------------------
 
@@ -172,17 +178,37 @@ class UsageShipper:
         Raises:
             ShipmentFailed: the batch stays queued, to be sent again later.
         """
-        batch = self._fit(await self.queue.read_batch(self.settings.batch_events))
+        run = self.queue.read_run(self.settings.batch_events)
+        if run is not None:
+            return await self._deliver_run(run)
+        batch = await self.queue.read_batch(self.settings.batch_events)
         if not batch:
             return 0
-        return await self._deliver(batch)
+        return await self._deliver(batch[: self._fitting([e.body for e in batch])])
 
     async def _deliver(self, batch: Sequence[QueuedEvent]) -> int:
-        status, text, retry_after = await self._post(batch)
+        status, text, retry_after = await self._post([e.body for e in batch])
         if 200 <= status < 300:
             await self.queue.ack(e.seq for e in batch)
             self._record_success(len(batch))
             return len(batch)
+        return await self._not_stored(batch, status, text, retry_after)
+
+    async def _deliver_run(self, run: EventRun) -> int:
+        """Send events the queue still keeps in memory, without an object per event
+        unless the batch is rejected."""
+        bodies = run.bodies[: self._fitting(run.bodies)]
+        status, text, retry_after = await self._post(bodies)
+        if 200 <= status < 300:
+            await self.queue.ack_run(run.first_seq, len(bodies))
+            self._record_success(len(bodies))
+            return len(bodies)
+        batch = [QueuedEvent(run.first_seq + i, body) for i, body in enumerate(bodies)]
+        return await self._not_stored(batch, status, text, retry_after)
+
+    async def _not_stored(
+        self, batch: Sequence[QueuedEvent], status: int, text: str, retry_after: float | None
+    ) -> int:
         if status in _REJECTED:
             return await self._split(batch, status, text)
         raise ShipmentFailed(f"HTTP {status}: {text}", retry_after)
@@ -203,7 +229,7 @@ class UsageShipper:
         middle = len(batch) // 2
         return await self._deliver(batch[:middle]) + await self._deliver(batch[middle:])
 
-    async def _post(self, batch: Sequence[QueuedEvent]) -> tuple[int, str, float | None]:
+    async def _post(self, bodies: Sequence[bytes]) -> tuple[int, str, float | None]:
         """Send one batch; returns the status, the start of the body and ``Retry-After``."""
         session = self._client()
         headers = {
@@ -213,7 +239,7 @@ class UsageShipper:
         }
         try:
             async with session.post(
-                self.settings.url, data=self._payload(batch), headers=headers
+                self.settings.url, data=self._payload(bodies), headers=headers
             ) as response:
                 text = (await response.text(errors="replace"))[:_MAX_ERROR_TEXT]
                 retry_after = _seconds(response.headers.get("Retry-After"))
@@ -221,7 +247,7 @@ class UsageShipper:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise ShipmentFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    def _payload(self, batch: Sequence[QueuedEvent]) -> bytes:
+    def _payload(self, bodies: Sequence[bytes]) -> bytes:
         # Stored bodies are JSON objects already, so they are joined without re-parsing.
         head = orjson.dumps(
             {
@@ -232,16 +258,18 @@ class UsageShipper:
                 "sent_at": utc_timestamp(time.time()),
             }
         )
-        return head[:-1] + b',"events":[' + b",".join(e.body for e in batch) + b"]}"
+        return head[:-1] + b',"events":[' + b",".join(bodies) + b"]}"
 
-    def _fit(self, batch: list[QueuedEvent]) -> list[QueuedEvent]:
-        """Cut ``batch`` to ``max_batch_bytes``, keeping at least one event."""
-        total = 0
-        for index, event in enumerate(batch):
-            total += len(event.body) + 1
-            if total > self.settings.max_batch_bytes and index > 0:
-                return batch[:index]
-        return batch
+    def _fitting(self, bodies: Sequence[bytes]) -> int:
+        """Return how many of ``bodies`` fit in ``max_batch_bytes`` with their commas; at
+        least one, so an event larger than the bound is still sent alone."""
+        limit = self.settings.max_batch_bytes
+        if sum(map(len, bodies)) + len(bodies) <= limit:
+            return len(bodies)
+        for index, total in enumerate(itertools.accumulate(len(body) + 1 for body in bodies)):
+            if total > limit:
+                return max(index, 1)
+        return len(bodies)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -339,6 +367,7 @@ def shipper_from_config(
             site=site,
             batch_events=settings.batch_events,
             idle_wait_s=settings.idle_wait_s,
+            fill_wait_s=settings.fill_wait_s,
             backoff_max_s=settings.backoff_max_s,
         ),
     )
