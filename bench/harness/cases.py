@@ -35,6 +35,7 @@ __all__ = [
     "bedrock_gateway_config",
     "check_chat_completion",
     "check_chat_stream",
+    "no_metrics_gateway_config",
     "openai_gateway_config",
     "usage_gateway_config",
 ]
@@ -254,6 +255,13 @@ def usage_gateway_config(context: GatewayContext) -> dict[str, object]:
     return config
 
 
+def no_metrics_gateway_config(context: GatewayContext) -> dict[str, object]:
+    """Build the OpenAI pass-through config with request metrics off."""
+    config = openai_gateway_config(context)
+    config["telemetry"] = {"metrics": False}
+    return config
+
+
 # TODO: a case still to add, measured against the same floor: the gateway behind a TLS
 # listener.
 CASES: tuple[Case, ...] = (
@@ -265,6 +273,14 @@ CASES: tuple[Case, ...] = (
         build_config=bedrock_gateway_config,
         env=bedrock.FAKE_AWS_ENV,
         description="OpenAI SSE from a Bedrock ConverseStream, signed with SigV4",
+        targets_enforced=False,
+    ),
+    # What request metrics cost, which every instance records unless told not to.
+    Case(
+        "gateway-chat-no-metrics",
+        CHAT,
+        build_config=no_metrics_gateway_config,
+        description="pass-through with request metrics off, non-streamed",
         targets_enforced=False,
     ),
     # Usage events must keep 90% of the rate of the same gateway with events off.

@@ -163,7 +163,7 @@ def compare_with_baseline(
 
 
 _HEADER = (
-    f"{'target':<22}{'sat rps':>9}{'spread':>8}{'vs floor':>9}{'rps/CPU':>9}{'p50 ms':>8}"
+    f"{'target':<24}{'sat rps':>9}{'spread':>8}{'vs floor':>9}{'rps/CPU':>9}{'p50 ms':>8}"
     f"{'p99 ms':>8}{'add p50':>9}{'add p99':>9}{'errors':>7}{'CPU':>6}"
 )
 
@@ -180,7 +180,7 @@ def _row(label: str, measured: Measured, floor: Measured, upstream: Measured) ->
     else:
         added = added_latency_ms(measured, upstream)
     cells = [
-        f"{label:<22}",
+        f"{label:<24}",
         f"{_rps(measured):>9.0f}",
         f"{_optional(_spread(measured) * 100, '.0f', '%'):>8}",
         f"{_optional(ratio * 100, '.0f', '%'):>9}",

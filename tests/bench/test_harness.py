@@ -14,6 +14,7 @@ import pytest
 from harness.cases import (
     CASES,
     VIRTUAL_KEY,
+    Case,
     GatewayContext,
     check_chat_completion,
     check_chat_stream,
@@ -275,3 +276,11 @@ def test_selecting_usage_case_runs_its_baseline() -> None:
     assert names == ["gateway-chat-stream", "gateway-usage-stream"]
     names = [case.name for case in run._select_cases(["gateway-chat", "gateway-usage"])]
     assert names == ["gateway-chat", "gateway-usage"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_case_config_is_accepted(case: Case, tmp_path: Path) -> None:
+    schema = pytest.importorskip("smartflow.config.schema")
+    context = GatewayContext(port=7999, upstream_url="http://127.0.0.1:9001", workdir=tmp_path)
+    config = schema.parse_config(case.build_config(context))
+    assert config.telemetry.metrics is (case.name != "gateway-chat-no-metrics")

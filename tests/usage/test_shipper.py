@@ -216,9 +216,7 @@ async def test_batches_respect_byte_limit(queue: UsageQueue, server: IngestServe
     assert len(server.stored) == 20
 
 
-async def test_partial_batch_waits_to_fill(
-    queue: UsageQueue, server: IngestServer
-) -> None:
+async def test_partial_batch_waits_to_fill(queue: UsageQueue, server: IngestServer) -> None:
     shipper = UsageShipper(queue, _settings(server.url, batch_events=100, fill_wait_s=1.0))
     shipper.start()
     try:

@@ -356,7 +356,9 @@ class UsageBuilder:
     # --- helpers ------------------------------------------------------------------------
 
     def _elapsed_ms(self) -> float:
-        return round((self._clock() - self._started) * 1000, 3)
+        # Whole microseconds, in milliseconds: round() to an integer costs a fraction of
+        # round(value, 3), which goes through the decimal digits.
+        return round((self._clock() - self._started) * 1_000_000) / 1000
 
     def _record_model(self, model: str) -> None:
         if model:
