@@ -275,7 +275,7 @@ CASES: tuple[Case, ...] = (
         description="OpenAI SSE from a Bedrock ConverseStream, signed with SigV4",
         targets_enforced=False,
     ),
-    # What request metrics cost, which every instance records unless told not to.
+    # What request metrics cost: every instance records them unless telemetry.metrics is false.
     Case(
         "gateway-chat-no-metrics",
         CHAT,
