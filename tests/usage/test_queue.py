@@ -560,3 +560,26 @@ async def test_recent_events_read_from_memory(tmp_path: Path) -> None:
         assert await _request_ids(reopened) == ["r7", "r8", "r9"]
     finally:
         await reopened.close()
+
+
+async def test_run_dropped_while_in_flight(tmp_path: Path) -> None:
+    # The oldest events of a run are dropped for newer ones before the run is acknowledged.
+    queue = await UsageQueue.open(tmp_path / "queue", QueueSettings(max_events=10))
+    try:
+        await _offer_all(queue, [_event(i) for i in range(10)])
+        run = queue.read_run(10)
+        assert run is not None
+        await _offer_all(queue, [_event(i) for i in range(10, 14)])
+        assert queue.stats().dropped_oldest == 4
+        assert await queue.ack_run(run.first_seq, len(run.bodies)) == 6
+        assert queue.stats().depth == 4
+        run = queue.read_run(10)
+        assert run is not None
+        assert [UsageEvent.from_json(b).request_id for b in run.bodies] == [
+            "r10",
+            "r11",
+            "r12",
+            "r13",
+        ]
+    finally:
+        await queue.close()
