@@ -391,6 +391,18 @@ async def test_overview_and_events_page(api: Api, onprem: str) -> None:
     assert set(ids) == {e.event_id for e in events}
 
 
+async def test_zero_cost_in_fixed_point(api: Api, onprem: str) -> None:
+    # A failed request costs nothing; its cost reads 0.000000000000, not 0E-12.
+    failed = usage_event(
+        cost_usd=None, status=401, error_type="authentication_failed", team="failing"
+    )
+    cheapest = usage_event(cost_usd="0.000000000001", team="cheap")
+    await post_events(api, onprem, batch("onprem-1", [failed, cheapest]))
+    report = await api.ok("GET", "/v1/analytics/usage", params={**WINDOW, "group_by": "team"})
+    costs = {row["group"]["team"]: row["cost_usd"] for row in report["rows"]}
+    assert costs == {"cheap": "0.000000000001", "failing": "0.000000000000"}
+
+
 async def test_csv_export(api: Api, onprem: str) -> None:
     await post_events(api, onprem, batch("onprem-1", traffic_mix()))
     params = {**WINDOW, "group_by": "team", "format": "csv"}

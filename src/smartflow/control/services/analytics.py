@@ -95,7 +95,8 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def _usd(picodollars: int) -> str:
-    return str((Decimal(picodollars) / PICO_PER_USD).quantize(Decimal("0.000000000001")))
+    # Fixed-point format: str() of a zero Decimal with 12 places would give "0E-12".
+    return f"{Decimal(picodollars) / PICO_PER_USD:.12f}"
 
 
 @dataclass(frozen=True, slots=True)
