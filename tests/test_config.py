@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from smartflow.config.schema import parse_config
+from smartflow.core.errors import ConfigError
 
 CONFIG = """
 providers:
@@ -37,3 +38,19 @@ def test_unquoted_version_dates_read_as_text() -> None:
 )
 def test_usage_default_follows_control_plane(data: dict[str, Any], enabled: bool) -> None:
     assert parse_config(data).usage.enabled is enabled
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("idle_wait_s", float("inf")),
+        ("fill_wait_s", float("nan")),
+        ("backoff_max_s", float("inf")),
+        ("backoff_max_s", 86_400),
+    ],
+)
+def test_shipping_waits_are_finite(field: str, value: float) -> None:
+    shipping = {"url": "http://127.0.0.1:7778/v1/events", field: value}
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"usage": {"shipping": shipping}})
+    assert f"usage.shipping.{field}" in str(raised.value)

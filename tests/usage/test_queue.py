@@ -583,3 +583,27 @@ async def test_run_dropped_while_in_flight(tmp_path: Path) -> None:
         ]
     finally:
         await queue.close()
+
+
+async def test_closed_queue_leaves_files_alone(tmp_path: Path) -> None:
+    # A shipper that outlives its queue must not remove events from the queue opened next.
+    settings = QueueSettings(max_bytes=2 * 1024 * 1024)
+    first = await UsageQueue.open(tmp_path / "queue", settings)
+    await _offer_all(first, [_event(i) for i in range(1000)])
+    run = first.read_run(1000)
+    assert run is not None
+    await first.close()
+    segments = sorted((tmp_path / "queue").glob("segment-*.log"))
+    assert len(segments) > 1
+    second = await UsageQueue.open(tmp_path / "queue", settings)
+    try:
+        assert first.read_run(1000) is None
+        assert await first.read_batch(1000) == []
+        assert await first.ack_run(run.first_seq, len(run.bodies)) == 0
+        assert await first.ack(range(1000)) == 0
+        assert await first.dead_letter([0], "HTTP 422: late") == 0
+        assert second.stats().depth == 1000
+        assert len(await _request_ids(second)) == 1000
+        assert sorted((tmp_path / "queue").glob("segment-*.log")) == segments
+    finally:
+        await second.close()

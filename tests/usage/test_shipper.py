@@ -8,11 +8,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import orjson
 import pytest
+from aiohttp import web
 
 from smartflow.providers.base import Secret
 from smartflow.usage.events import UsageEvent, new_event_id, utc_timestamp
-from smartflow.usage.queue import UsageQueue
+from smartflow.usage.queue import QueueSettings, UsageQueue
 from smartflow.usage.shipper import INSTANCE_HEADER, ShipperSettings, UsageShipper
 from tests.conftest import free_port
 from tests.usage.ingest_server import TOKEN, IngestServer
@@ -269,3 +271,44 @@ async def test_shipper_reads_files_after_restart(tmp_path: Path, server: IngestS
     }
     assert queue.stats().dead_lettered == 1
     assert max(len(r["events"]) for r in server.requests) == 5
+
+
+async def test_batches_cut_by_bytes_do_not_wait(queue: UsageQueue, server: IngestServer) -> None:
+    size = len(_event(0).to_json())
+    await _offer(queue, range(1000))
+    settings = _settings(server.url, batch_events=500, max_batch_bytes=size * 101, fill_wait_s=30)
+    shipper = UsageShipper(queue, settings)
+    shipper.start()
+    try:
+        await _until(lambda: len(server.stored) == 1000, timeout=10)
+    finally:
+        await shipper.stop()
+    assert [len(request["events"]) for request in server.requests] == [100] * 10
+
+
+async def test_rejected_event_dropped_meanwhile(tmp_path: Path) -> None:
+    # The only rejected event is dropped for newer ones before the shipper dead-letters it.
+    queue = await UsageQueue.open(tmp_path / "queue", QueueSettings(max_events=10))
+
+    class DroppingServer(IngestServer):
+        async def _ingest(self, request: web.Request) -> web.Response:
+            payload = orjson.loads(await request.read())
+            if [event["request_id"] for event in payload["events"]] == ["r0"]:
+                await _offer(queue, range(10, 15))
+            return await super()._ingest(request)
+
+    server = DroppingServer(free_port())
+    server.reject = lambda event: event["request_id"] == "r0"
+    await server.start()
+    await _offer(queue, range(10))
+    shipper = UsageShipper(queue, _settings(server.url, batch_events=10))
+    shipper.start()
+    try:
+        await _until(lambda: queue.stats().depth == 0)
+    finally:
+        await shipper.stop()
+        await server.stop()
+        await queue.close()
+    assert queue.stats().dropped_oldest == 5
+    assert queue.stats().dead_lettered == 0
+    assert shipper.stats.dead_lettered == 0

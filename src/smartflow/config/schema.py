@@ -324,13 +324,13 @@ class UsageShippingSettings(_Strict):
     """Variable with the instance credential that enrollment returned."""
     batch_events: int = Field(500, ge=1, le=10_000)
     """Maximum events per request."""
-    idle_wait_s: float = Field(1.0, gt=0)
+    idle_wait_s: float = Field(1.0, gt=0, le=60, allow_inf_nan=False)
     """Seconds to wait for new events before checking the queue again."""
-    fill_wait_s: float = Field(0.5, ge=0, le=60)
+    fill_wait_s: float = Field(0.5, ge=0, le=60, allow_inf_nan=False)
     """Seconds to wait after sending a partial batch, so the next one has time to fill.
     Full batches go out one after another. Events reach the control plane up to this much
     later, and each request and acknowledgement costs less per event."""
-    backoff_max_s: float = Field(60.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     """Maximum wait between tries while the control plane is unreachable."""
 
 

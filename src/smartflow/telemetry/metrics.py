@@ -308,7 +308,8 @@ class GatewayMetrics:
         )
         self.events = _CounterFamily(
             "smartflow_usage_events",
-            "Usage events recorded, by where their token counts come from.",
+            "Requests counted, by where their token counts come from (the usage event's "
+            "usage_source, whether or not events are queued).",
             ["usage_source"],
         )
         self.requests = _CounterFamily(

@@ -238,6 +238,8 @@ class UsageQueue:
         self._syncer: asyncio.Task[None] | None = None
         self._unsynced = False
         self._closing = False
+        self._closed = False
+        """Set once ``close`` released the files, which another queue may open next."""
         self._depth = 0
         self._bytes = 0
         self._written = 0
@@ -320,6 +322,8 @@ class UsageQueue:
     async def read_batch(self, limit: int) -> list[QueuedEvent]:
         """Return up to ``limit`` of the oldest queued events, without removing them."""
         batch: list[QueuedEvent] = []
+        if self._closed:
+            return batch
         seq = self._head
         index = max(self._segment_index(seq), 0)
         while len(batch) < limit and 0 <= index < len(self._segments):
@@ -345,12 +349,14 @@ class UsageQueue:
         Events are in memory from their write until about 8 MiB of newer ones follow, and
         only while none after the oldest was removed out of order.
         """
-        if self._removed:
+        if self._removed or self._closed:
             return None
         return self._recent.take(self._head, limit)
 
     async def ack_run(self, first_seq: int, count: int) -> int:
         """Remove the ``count`` events from ``first_seq`` on, as ``ack`` does."""
+        if self._ignored_when_closed("acknowledgement", count):
+            return 0
         removed = self._remove_run(max(first_seq, self._head), first_seq + count)
         if removed:
             self._advance_head()
@@ -359,6 +365,9 @@ class UsageQueue:
 
     async def ack(self, seqs: Iterable[int]) -> int:
         """Remove the events at ``seqs``; returns how many were still queued."""
+        seqs = list(seqs)
+        if self._ignored_when_closed("acknowledgement", len(seqs)):
+            return 0
         removed = self._remove(seqs)
         if removed:
             self._advance_head()
@@ -367,6 +376,9 @@ class UsageQueue:
 
     async def dead_letter(self, seqs: Iterable[int], reason: str) -> int:
         """Move events the control plane rejected for good to the dead letters."""
+        seqs = list(seqs)
+        if self._ignored_when_closed("dead letter", len(seqs)):
+            return 0
         queued = sorted({seq for seq in seqs if self._is_queued(seq)})
         if not queued:
             return 0
@@ -819,7 +831,21 @@ class UsageQueue:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, function, *args)
 
+    def _ignored_when_closed(self, action: str, count: int) -> bool:
+        """Log and return True when the queue is closed: its files may belong to another
+        queue now, so a late ``action`` must not touch them. The events are sent again."""
+        if not self._closed:
+            return False
+        logger.warning(
+            "usage queue at %s is closed: %s of %d events ignored; they are sent again",
+            self.directory,
+            action,
+            count,
+        )
+        return True
+
     def _release(self) -> None:
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

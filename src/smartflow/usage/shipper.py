@@ -39,7 +39,6 @@ from smartflow.core.errors import ConfigError
 from smartflow.providers.base import Secret
 from smartflow.usage.events import SCHEMA_VERSION, new_event_id, utc_timestamp
 from smartflow.usage.queue import QueuedEvent, UsageQueue
-from smartflow.usage.recent import EventRun
 
 __all__ = [
     "INGEST_PATH",
@@ -117,6 +116,8 @@ class UsageShipper:
         self._own_session = session is None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Whether the last batch was full, so that the next one need not wait to fill.
+        self._full = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -167,7 +168,7 @@ class UsageShipper:
             return
         if sent == 0:
             await self._wait_for_events()
-        elif sent < self.settings.batch_events and self.settings.fill_wait_s:
+        elif not self._full and self.settings.fill_wait_s:
             await self._sleep(self.settings.fill_wait_s)
 
     # --- one batch ----------------------------------------------------------------------
@@ -178,13 +179,19 @@ class UsageShipper:
         Raises:
             ShipmentFailed: the batch stays queued, to be sent again later.
         """
-        run = self.queue.read_run(self.settings.batch_events)
+        limit = self.settings.batch_events
+        run = self.queue.read_run(limit)
         if run is not None:
-            return await self._deliver_run(run)
-        batch = await self.queue.read_batch(self.settings.batch_events)
+            count = self._fitting(run.bodies)
+            # Cut by the byte bound, a batch is as full as it can be.
+            self._full = count < len(run.bodies) or count >= limit
+            return await self._deliver_run(run.first_seq, run.bodies[:count])
+        batch = await self.queue.read_batch(limit)
         if not batch:
             return 0
-        return await self._deliver(batch[: self._fitting([e.body for e in batch])])
+        count = self._fitting([e.body for e in batch])
+        self._full = count < len(batch) or count >= limit
+        return await self._deliver(batch[:count])
 
     async def _deliver(self, batch: Sequence[QueuedEvent]) -> int:
         status, text, retry_after = await self._post([e.body for e in batch])
@@ -194,16 +201,15 @@ class UsageShipper:
             return len(batch)
         return await self._not_stored(batch, status, text, retry_after)
 
-    async def _deliver_run(self, run: EventRun) -> int:
+    async def _deliver_run(self, first_seq: int, bodies: list[bytes]) -> int:
         """Send events the queue still keeps in memory, without an object per event
         unless the batch is rejected."""
-        bodies = run.bodies[: self._fitting(run.bodies)]
         status, text, retry_after = await self._post(bodies)
         if 200 <= status < 300:
-            await self.queue.ack_run(run.first_seq, len(bodies))
+            await self.queue.ack_run(first_seq, len(bodies))
             self._record_success(len(bodies))
             return len(bodies)
-        batch = [QueuedEvent(run.first_seq + i, body) for i, body in enumerate(bodies)]
+        batch = [QueuedEvent(first_seq + i, body) for i, body in enumerate(bodies)]
         return await self._not_stored(batch, status, text, retry_after)
 
     async def _not_stored(
@@ -218,7 +224,14 @@ class UsageShipper:
         if len(batch) == 1:
             event = batch[0]
             reason = f"HTTP {status}: {text}"
-            await self.queue.dead_letter([event.seq], reason)
+            if not await self.queue.dead_letter([event.seq], reason):
+                logger.warning(
+                    "usage shipper: the control plane rejected event %s (%s), which was "
+                    "dropped from the queue meanwhile",
+                    event.event_id,
+                    reason,
+                )
+                return 1
             self.stats.dead_lettered += 1
             logger.error(
                 "usage shipper: the control plane rejected event %s (%s); moved it to dead.log",
