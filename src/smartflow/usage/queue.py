@@ -38,17 +38,13 @@ or rejected event is counted.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import bisect
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
-import sqlite3
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +57,18 @@ from smartflow.core.errors import ConfigError
 from smartflow.usage.events import UsageEvent
 from smartflow.usage.feedback import FeedbackEvent
 from smartflow.usage.recent import EventRun, RecentEvents
+from smartflow.usage.segments import (
+    LINE_PREFIX,
+    Segment,
+    dead_line,
+    encode_line,
+    line_is_valid,
+    lock_exclusively,
+    read_sqlite_queue,
+    replace_file,
+    sync_and_close,
+    sync_directory,
+)
 
 __all__ = [
     "OnFull",
@@ -83,8 +91,6 @@ QueueItem = UsageEvent | FeedbackEvent
 
 _RETRY_WRITE_S = 1.0
 _MAX_DEAD_EVENTS = 10_000
-_PREFIX = 9
-"""Bytes before the JSON of a line: eight hex digits of the checksum and a space."""
 _RECENT_BYTES = 8 * 1024 * 1024
 """JSON bytes of the newest written events kept in memory for ``read_run``."""
 _SEGMENT_GLOB = "segment-*.log"
@@ -186,30 +192,6 @@ class QueueStats:
         return self.buffer_fill >= 0.8 or self.disk_fill >= 0.9
 
 
-class _Segment:
-    """One segment file: the start offset of each line, in order of ``seq``."""
-
-    __slots__ = ("end", "first_seq", "path", "starts")
-
-    def __init__(self, path: Path, first_seq: int) -> None:
-        self.path = path
-        self.first_seq = first_seq
-        self.starts = array.array("q")
-        self.end = 0
-        """Offset just past the last complete line."""
-
-    @property
-    def next_seq(self) -> int:
-        return self.first_seq + len(self.starts)
-
-    def span(self, seq: int) -> tuple[int, int]:
-        """Return the start and end offsets of the line of ``seq``, newline included."""
-        index = seq - self.first_seq
-        start = self.starts[index]
-        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.end
-        return start, end
-
-
 class UsageQueue:
     """See the module docstring. Create one with ``await UsageQueue.open(directory)``."""
 
@@ -219,7 +201,7 @@ class UsageQueue:
         # Syncs to disk run on this thread, so the event loop does not wait for them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-queue")
         self._lock_file: int | None = None
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._firsts: list[int] = []
         """``first_seq`` of each segment, for bisection."""
         self._fd: int | None = None
@@ -385,7 +367,7 @@ class UsageQueue:
         lines = []
         now_ms = int(time.time() * 1000)
         for event in self._read_many(queued):
-            lines.append(_dead_line(event.event_id, reason, now_ms, event.body))
+            lines.append(dead_line(event.event_id, reason, now_ms, event.body))
         self._append_dead(lines)
         moved = self._remove(queued)
         self._advance_head()
@@ -427,10 +409,10 @@ class UsageQueue:
     async def import_sqlite(self, path: Path) -> int:
         """Queue the pending events of a SQLite queue file of earlier releases, then rename
         the file to ``<name>.imported``; returns how many events were queued."""
-        bodies = await self._run(_read_sqlite_queue, path)
+        bodies = await self._run(read_sqlite_queue, path)
         step = self.settings.batch_events
         for start in range(0, len(bodies), step):
-            self._append_lines([_line(body) for body in bodies[start : start + step]])
+            self._append_lines([encode_line(body) for body in bodies[start : start + step]])
             self._drop_oldest()
         await self._run(self._sync_files)
         path.rename(path.with_name(path.name + ".imported"))
@@ -479,7 +461,7 @@ class UsageQueue:
                 rejected += 1
                 continue
             bodies.append(body)
-            lines.append(_line(body))
+            lines.append(encode_line(body))
             depth += 1
             size += len(body)
         first_seq = self._segments[-1].next_seq
@@ -537,20 +519,20 @@ class UsageQueue:
         # The start of each line: the segment's end, then the running sum of the lengths.
         segment.starts.extend(itertools.accumulate(map(len, lines[:-1]), initial=segment.end))
         segment.end += len(data)
-        self._bytes += len(data) - len(lines) * (_PREFIX + 1)
+        self._bytes += len(data) - len(lines) * (LINE_PREFIX + 1)
         self._depth += len(lines)
         self._unsynced = True
 
-    def _start_segment(self, first_seq: int) -> _Segment:
+    def _start_segment(self, first_seq: int) -> Segment:
         """Close the current segment and start a new one at ``first_seq``."""
         old = self._fd
-        segment = _Segment(self.directory / f"segment-{first_seq:020d}.log", first_seq)
+        segment = Segment(self.directory / f"segment-{first_seq:020d}.log", first_seq)
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments.append(segment)
         self._firsts.append(first_seq)
         if old is not None:
             # Synced and closed on the worker thread, after any sync already running.
-            self._executor.submit(_sync_and_close, old, self.directory)
+            self._executor.submit(sync_and_close, old, self.directory)
         return segment
 
     def _drop_oldest(self) -> int:
@@ -583,7 +565,7 @@ class UsageQueue:
         self._unsynced = False
         if self._fd is not None:
             os.fsync(self._fd)
-        _sync_directory(self.directory)
+        sync_directory(self.directory)
 
     # --- removal ------------------------------------------------------------------------
 
@@ -625,10 +607,10 @@ class UsageQueue:
                 already_removed = [s for s in self._removed if seq <= s < stop]
                 first, _ = segment.span(seq)
                 _, last = segment.span(stop - 1)
-                size = last - first - (stop - seq) * (_PREFIX + 1)
+                size = last - first - (stop - seq) * (LINE_PREFIX + 1)
                 for old in already_removed:
                     old_start, old_end = segment.span(old)
-                    size -= old_end - old_start - _PREFIX - 1
+                    size -= old_end - old_start - LINE_PREFIX - 1
                 count = stop - seq - len(already_removed)
                 if seq == self._head:
                     # Removed from the head on, as the shipper acknowledges in order: the
@@ -664,7 +646,7 @@ class UsageQueue:
         path = self.directory / _CURSOR
         try:
             data = orjson.dumps({"head": self._head, "removed": sorted(self._removed)})
-            _replace_file(path, data)
+            replace_file(path, data)
         except (OSError, TypeError) as exc:
             logger.error(
                 "usage queue: writing %s failed (%s); will retry on the next ack", path, exc
@@ -675,7 +657,7 @@ class UsageQueue:
     def _segment_index(self, seq: int) -> int:
         return bisect.bisect_right(self._firsts, seq) - 1
 
-    def _read_lines(self, segment: _Segment, seqs: list[int]) -> list[QueuedEvent]:
+    def _read_lines(self, segment: Segment, seqs: list[int]) -> list[QueuedEvent]:
         """Read the lines of ``seqs`` (ascending, all in ``segment``) with one read."""
         first, _ = segment.span(seqs[0])
         _, last = segment.span(seqs[-1])
@@ -686,7 +668,7 @@ class UsageQueue:
         starts, offset = segment.starts, segment.first_seq
         for seq in seqs:
             index = seq - offset
-            start = starts[index] - first + _PREFIX
+            start = starts[index] - first + LINE_PREFIX
             end = (starts[index + 1] if index + 1 < len(starts) else segment.end) - first - 1
             events.append(QueuedEvent(seq, data[start:end]))
         return events
@@ -714,7 +696,7 @@ class UsageQueue:
         """Lock the directory and index its segments; runs on the worker thread."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_file = _lock_exclusively(self.directory / "lock", self.directory)
+            self._lock_file = lock_exclusively(self.directory / "lock", self.directory)
             paths = sorted(self.directory.glob(_SEGMENT_GLOB))
             self._head = self._load_cursor()
             for path in paths:
@@ -742,7 +724,7 @@ class UsageQueue:
                     if seq not in self._removed:
                         start, end = segment.span(seq)
                         self._depth += 1
-                        self._bytes += end - start - _PREFIX - 1
+                        self._bytes += end - start - LINE_PREFIX - 1
             self._advance_head()
         except OSError as exc:
             raise ConfigError(f"Cannot open the usage queue at {self.directory}: {exc}.") from exc
@@ -780,7 +762,7 @@ class UsageQueue:
         if self._segments and first_seq < self._segments[-1].next_seq:
             logger.error("usage queue: %s overlaps the segment before it; ignoring it", path.name)
             return
-        segment = _Segment(path, first_seq)
+        segment = Segment(path, first_seq)
         data = path.read_bytes()
 
         corrupt = []
@@ -789,7 +771,7 @@ class UsageQueue:
             end = data.find(b"\n", offset)
             if end < 0:
                 break
-            if not _valid(data, offset, end):
+            if not line_is_valid(data, offset, end):
                 if is_last and data.find(b"\n", end + 1) < 0:
                     break  # the last line, cut short by a crash
                 corrupt.append((segment.next_seq, data[offset:end]))
@@ -811,7 +793,7 @@ class UsageQueue:
         if corrupt:
             now_ms = int(time.time() * 1000)
             self._append_dead(
-                [_dead_line(None, "corrupt line in the queue", now_ms, raw) for _, raw in corrupt]
+                [dead_line(None, "corrupt line in the queue", now_ms, raw) for _, raw in corrupt]
             )
             self._removed.update(seq for seq, _ in corrupt)
             self._dead_lettered += len(corrupt)
@@ -875,90 +857,3 @@ _MAX_SEQ = 2**63 - 1
 def _is_seq(value: object) -> bool:
     """Return whether ``value`` can be a queue position: an int from 0 to 2**63 - 1."""
     return type(value) is int and 0 <= value <= _MAX_SEQ
-
-
-def _line(body: bytes) -> bytes:
-    return b"%08x %b\n" % (zlib.crc32(body), body)
-
-
-def _valid(data: bytes, start: int, end: int) -> bool:
-    """Return whether the line ``data[start:end]`` has the form and checksum of a queue line."""
-    if end - start <= _PREFIX or data[start + _PREFIX - 1] != 0x20:
-        return False
-    try:
-        checksum = int(data[start : start + _PREFIX - 1], 16)
-    except ValueError:
-        return False
-    return zlib.crc32(data[start + _PREFIX : end]) == checksum
-
-
-def _dead_line(event_id: str | None, reason: str, now_ms: int, body: bytes) -> bytes:
-    try:
-        event: object = orjson.Fragment(body) if body[:1] == b"{" else body.decode()
-        return orjson.dumps(
-            {"event_id": event_id, "reason": reason[:500], "dead_ms": now_ms, "event": event},
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
-    except (orjson.JSONEncodeError, UnicodeDecodeError):
-        text = body.decode("utf-8", "replace")
-        return orjson.dumps(
-            {"event_id": event_id, "reason": reason[:500], "dead_ms": now_ms, "event": text},
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
-
-
-def _sync_and_close(fd: int, directory: Path) -> None:
-    try:
-        os.fsync(fd)
-        _sync_directory(directory)
-    except OSError as exc:
-        logger.error("usage queue: syncing a finished segment of %s failed: %s", directory, exc)
-    finally:
-        os.close(fd)
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write ``path`` whole by renaming a new file over it, so a crash leaves either
-    version."""
-    temporary = path.with_name(path.name + ".new")
-    temporary.write_bytes(data)
-    temporary.replace(path)
-
-
-def _read_sqlite_queue(path: Path) -> list[bytes]:
-    """Return the pending event bodies of a SQLite queue file of earlier releases."""
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            rows = db.execute("SELECT body FROM events ORDER BY seq").fetchall()
-    except sqlite3.Error as exc:
-        raise ConfigError(
-            f"Cannot read the earlier usage queue {path}: {exc}. Move it aside to start "
-            "without its events."
-        ) from exc
-    return [bytes(body) for (body,) in rows]
-
-
-def _lock_exclusively(path: Path, directory: Path) -> int:
-    """Take an exclusive advisory lock on ``path``, held until its descriptor is closed.
-
-    Raises:
-        ConfigError: another process holds the lock.
-    """
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise ConfigError(
-            f"The usage queue {directory} is in use by another process. Give each gateway "
-            "instance its own state_dir."
-        ) from None
-    return descriptor
