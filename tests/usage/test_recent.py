@@ -10,8 +10,7 @@ def _bodies(first: int, count: int) -> list[bytes]:
 
 
 def _add(window: RecentEvents, first: int, count: int) -> None:
-    bodies = _bodies(first, count)
-    window.add(first, bodies, sum(map(len, bodies)))
+    window.add(first, _bodies(first, count))
 
 
 def test_recent_run_crosses_batches() -> None:

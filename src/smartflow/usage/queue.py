@@ -221,7 +221,7 @@ class UsageQueue:
         self._unsynced = False
         self._closing = False
         self._closed = False
-        """Set once ``close`` released the files, which another queue may open next."""
+        """Whether ``close`` released the files, which another queue may open next."""
         self._depth = 0
         self._bytes = 0
         self._written = 0
@@ -339,22 +339,14 @@ class UsageQueue:
         """Remove the ``count`` events from ``first_seq`` on, as ``ack`` does."""
         if self._ignored_when_closed("acknowledgement", count):
             return 0
-        removed = self._remove_run(max(first_seq, self._head), first_seq + count)
-        if removed:
-            self._advance_head()
-            self._save_cursor()
-        return removed
+        return self._removed_now(self._remove_run(max(first_seq, self._head), first_seq + count))
 
     async def ack(self, seqs: Iterable[int]) -> int:
         """Remove the events at ``seqs``; returns how many were still queued."""
         seqs = list(seqs)
         if self._ignored_when_closed("acknowledgement", len(seqs)):
             return 0
-        removed = self._remove(seqs)
-        if removed:
-            self._advance_head()
-            self._save_cursor()
-        return removed
+        return self._removed_now(self._remove(seqs))
 
     async def dead_letter(self, seqs: Iterable[int], reason: str) -> int:
         """Move events the control plane rejected for good to the dead letters."""
@@ -477,7 +469,7 @@ class UsageQueue:
                 _RETRY_WRITE_S,
             )
             return False
-        self._recent.add(first_seq, bodies, sum(map(len, bodies)))
+        self._recent.add(first_seq, bodies)
         self._written += len(lines)
         self._rejected_full += rejected
         dropped = self._drop_oldest() if self.settings.on_full == "drop_oldest" else 0
@@ -613,8 +605,8 @@ class UsageQueue:
                     size -= old_end - old_start - LINE_PREFIX - 1
                 count = stop - seq - len(already_removed)
                 if seq == self._head:
-                    # Removed from the head on, as the shipper acknowledges in order: the
-                    # head moves past them, with no entry per event in _removed.
+                    # The shipper acknowledges in order from the head, so the head moves
+                    # past these events and _removed gets no entry per event.
                     self._head = stop
                     self._removed.difference_update(already_removed)
                 else:
@@ -624,6 +616,14 @@ class UsageQueue:
                 removed += count
             # Past this segment: go on at the next one, over any gap between them.
             seq = self._firsts[index + 1] if index + 1 < len(self._firsts) else high
+        return removed
+
+    def _removed_now(self, removed: int) -> int:
+        """Advance the head and save the cursor after ``removed`` events were removed, if
+        any; returns ``removed``."""
+        if removed:
+            self._advance_head()
+            self._save_cursor()
         return removed
 
     def _advance_head(self) -> None:
@@ -819,7 +819,7 @@ class UsageQueue:
         if not self._closed:
             return False
         logger.warning(
-            "usage queue at %s is closed: %s of %d events ignored; they are sent again",
+            "usage queue at %s is closed: ignored the %s of %d events, which will be sent again",
             self.directory,
             action,
             count,

@@ -38,10 +38,11 @@ class RecentEvents:
         self._batches: deque[tuple[int, list[bytes], int]] = deque()
         self._bytes = 0
 
-    def add(self, first_seq: int, bodies: list[bytes], size: int) -> None:
-        """Keep a batch just written: ``bodies`` from ``first_seq`` on, ``size`` bytes."""
+    def add(self, first_seq: int, bodies: list[bytes]) -> None:
+        """Keep a batch just written: ``bodies`` from ``first_seq`` on."""
         if not bodies:
             return
+        size = sum(map(len, bodies))
         batches = self._batches
         if batches:
             last_first, last_bodies, _ = batches[-1]

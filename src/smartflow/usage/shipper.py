@@ -179,22 +179,27 @@ class UsageShipper:
         Raises:
             ShipmentFailed: the batch stays queued, to be sent again later.
         """
-        limit = self.settings.batch_events
-        run = self.queue.read_run(limit)
+        run = self.queue.read_run(self.settings.batch_events)
         if run is not None:
-            count = self._fitting(run.bodies)
-            # Cut by the byte bound, a batch is as full as it can be.
-            self._full = count < len(run.bodies) or count >= limit
+            count = self._batch_size(run.bodies)
             return await self._deliver_run(run.first_seq, run.bodies[:count])
-        batch = await self.queue.read_batch(limit)
+        batch = await self.queue.read_batch(self.settings.batch_events)
         if not batch:
             return 0
-        count = self._fitting([e.body for e in batch])
-        self._full = count < len(batch) or count >= limit
-        return await self._deliver(batch[:count])
+        bodies = [e.body for e in batch]
+        count = self._batch_size(bodies)
+        return await self._deliver(batch[:count], bodies[:count])
 
-    async def _deliver(self, batch: Sequence[QueuedEvent]) -> int:
-        status, text, retry_after = await self._post([e.body for e in batch])
+    def _batch_size(self, bodies: Sequence[bytes]) -> int:
+        """Return how many of ``bodies`` the next request takes, and note whether that
+        fills it. A batch cut by the byte bound is as full as it can be."""
+        count = self._fitting(bodies)
+        self._full = count < len(bodies) or count >= self.settings.batch_events
+        return count
+
+    async def _deliver(self, batch: Sequence[QueuedEvent], bodies: Sequence[bytes]) -> int:
+        """Send ``batch``, whose JSON bodies are ``bodies``."""
+        status, text, retry_after = await self._post(bodies)
         if 200 <= status < 300:
             await self.queue.ack(e.seq for e in batch)
             self._record_success(len(batch))
@@ -240,7 +245,11 @@ class UsageShipper:
             )
             return 1
         middle = len(batch) // 2
-        return await self._deliver(batch[:middle]) + await self._deliver(batch[middle:])
+        halves = (batch[:middle], batch[middle:])
+        sent = 0
+        for half in halves:
+            sent += await self._deliver(half, [e.body for e in half])
+        return sent
 
     async def _post(self, bodies: Sequence[bytes]) -> tuple[int, str, float | None]:
         """Send one batch; returns the status, the start of the body and ``Retry-After``."""
