@@ -53,6 +53,22 @@ async def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
             await asyncio.sleep(0.02)
 
 
+async def _ship_until(
+    queue: UsageQueue,
+    settings: ShipperSettings,
+    predicate: Callable[[], bool],
+    timeout: float = 30.0,
+) -> UsageShipper:
+    """Run a shipper until ``predicate`` is true, stop it, and return it for its stats."""
+    shipper = UsageShipper(queue, settings)
+    shipper.start()
+    try:
+        await _until(predicate, timeout)
+    finally:
+        await shipper.stop()
+    return shipper
+
+
 async def _offer(queue: UsageQueue, indexes: range) -> None:
     for index in indexes:
         assert queue.offer(_event(index))
@@ -110,12 +126,7 @@ async def test_lost_responses_are_resent_and_deduplicated(
 ) -> None:
     server.store_then_fail = 3
     await _offer(queue, range(250))
-    shipper = UsageShipper(queue, _settings(server.url))
-    shipper.start()
-    try:
-        await _until(lambda: queue.stats().depth == 0)
-    finally:
-        await shipper.stop()
+    shipper = await _ship_until(queue, _settings(server.url), lambda: queue.stats().depth == 0)
 
     assert len(server.stored) == 250
     assert max(server.receipts.values()) > 1  # some events did arrive twice
@@ -127,12 +138,7 @@ async def test_lost_responses_are_resent_and_deduplicated(
 async def test_rejected_event_is_isolated(queue: UsageQueue, server: IngestServer) -> None:
     server.reject = lambda event: event["request_id"] == "r13"
     await _offer(queue, range(40))
-    shipper = UsageShipper(queue, _settings(server.url))
-    shipper.start()
-    try:
-        await _until(lambda: queue.stats().depth == 0)
-    finally:
-        await shipper.stop()
+    shipper = await _ship_until(queue, _settings(server.url), lambda: queue.stats().depth == 0)
 
     stored = {e["request_id"] for e in server.stored.values()}
     assert stored == {f"r{i}" for i in range(40)} - {"r13"}
@@ -144,13 +150,10 @@ async def test_rejected_event_is_isolated(queue: UsageQueue, server: IngestServe
 async def test_retry_after_is_honoured(queue: UsageQueue, server: IngestServer) -> None:
     server.responses = [(429, {"Retry-After": "0.3"})]
     await _offer(queue, range(5))
-    shipper = UsageShipper(queue, _settings(server.url, backoff_max_s=5.0))
     started = time.monotonic()
-    shipper.start()
-    try:
-        await _until(lambda: queue.stats().depth == 0)
-    finally:
-        await shipper.stop()
+    await _ship_until(
+        queue, _settings(server.url, backoff_max_s=5.0), lambda: queue.stats().depth == 0
+    )
     assert time.monotonic() - started >= 0.3
     assert len(server.requests) == 2
     assert len(server.stored) == 5
@@ -208,12 +211,8 @@ async def test_stop_cancels_a_stuck_request(queue: UsageQueue, server: IngestSer
 async def test_batches_respect_byte_limit(queue: UsageQueue, server: IngestServer) -> None:
     size = len(_event(0).to_json())
     await _offer(queue, range(20))
-    shipper = UsageShipper(queue, _settings(server.url, max_batch_bytes=size * 6))
-    shipper.start()
-    try:
-        await _until(lambda: queue.stats().depth == 0)
-    finally:
-        await shipper.stop()
+    settings = _settings(server.url, max_batch_bytes=size * 6)
+    await _ship_until(queue, settings, lambda: queue.stats().depth == 0)
     assert [len(r["events"]) for r in server.requests] == [5, 5, 5, 5]
     assert len(server.stored) == 20
 
@@ -240,12 +239,8 @@ async def test_partial_batch_waits_to_fill(queue: UsageQueue, server: IngestServ
 
 async def test_full_batches_do_not_wait(queue: UsageQueue, server: IngestServer) -> None:
     await _offer(queue, range(1000))
-    shipper = UsageShipper(queue, _settings(server.url, batch_events=100, fill_wait_s=30))
-    shipper.start()
-    try:
-        await _until(lambda: len(server.stored) == 1000, timeout=10)
-    finally:
-        await shipper.stop()
+    settings = _settings(server.url, batch_events=100, fill_wait_s=30)
+    await _ship_until(queue, settings, lambda: len(server.stored) == 1000, timeout=10)
     assert [len(request["events"]) for request in server.requests] == [100] * 10
 
 
@@ -277,12 +272,7 @@ async def test_batches_cut_by_bytes_do_not_wait(queue: UsageQueue, server: Inges
     size = len(_event(0).to_json())
     await _offer(queue, range(1000))
     settings = _settings(server.url, batch_events=500, max_batch_bytes=size * 101, fill_wait_s=30)
-    shipper = UsageShipper(queue, settings)
-    shipper.start()
-    try:
-        await _until(lambda: len(server.stored) == 1000, timeout=10)
-    finally:
-        await shipper.stop()
+    await _ship_until(queue, settings, lambda: len(server.stored) == 1000, timeout=10)
     assert [len(request["events"]) for request in server.requests] == [100] * 10
 
 
