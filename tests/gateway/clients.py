@@ -42,6 +42,8 @@ class Outcome:
     """Finish reason in canonical terms: stop, length or tool_calls."""
     input_tokens: int = 0
     output_tokens: int = 0
+    model: str = ""
+    """The model the response names; the last non-empty one of a stream."""
 
 
 _OPENAI_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
@@ -85,6 +87,7 @@ async def openai_chat(
             finish=_OPENAI_FINISH[choice.finish_reason],
             input_tokens=response.usage.prompt_tokens,
             output_tokens=response.usage.completion_tokens,
+            model=response.model,
         )
     outcome = Outcome()
     calls: dict[int, list[str]] = {}
@@ -96,6 +99,7 @@ async def openai_chat(
         **params,
     )
     async for chunk in chunks:
+        outcome.model = chunk.model or outcome.model
         if chunk.usage is not None:
             outcome.input_tokens = chunk.usage.prompt_tokens
             outcome.output_tokens = chunk.usage.completion_tokens
@@ -142,6 +146,7 @@ async def anthropic_chat(
         finish=_ANTHROPIC_FINISH[message.stop_reason or ""],
         input_tokens=message.usage.input_tokens,
         output_tokens=message.usage.output_tokens,
+        model=message.model,
     )
     for block in message.content:
         if block.type == "text":

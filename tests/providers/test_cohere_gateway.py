@@ -132,6 +132,8 @@ async def test_plain_text(cohere: CohereStack, ingress: str, stream: bool) -> No
         )
 
     assert outcome.text == f"Hello from command-a-03-2025. You said: {PROMPT}"
+    # Cohere's responses do not name the model, so the gateway names the deployment's.
+    assert outcome.model == "command-a-03-2025"
     assert outcome.tool_calls == []
     assert outcome.finish == "stop"
     # Billed units: the simulator bills the prompt text without Cohere's template.

@@ -30,7 +30,7 @@ from smartflow.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from smartflow.core.stream import StreamEvent
+from smartflow.core.stream import StreamEvent, StreamStart
 from smartflow.core.types import ChatRequest
 from smartflow.dialects.anthropic import requests as anthropic_requests
 from smartflow.dialects.openai import requests as openai_requests
@@ -379,6 +379,9 @@ class Dispatcher:
                     provider=deployment.provider.name,
                 ) from exc
             parsed = deployment.provider.parse_response(data)
+            if not parsed.model:
+                # Some providers (Cohere) do not name the model in their responses.
+                parsed.model = deployment.model
             json_tool = exchange.normalized.json_tool if exchange.normalized else None
             if json_tool is not None:
                 parsed = json_tool_response(parsed, json_tool)
@@ -451,6 +454,8 @@ class Dispatcher:
                 out = b""
                 for name, data in parser.feed(chunk):
                     for event in decoder.feed(data, name):
+                        if type(event) is StreamStart and not event.model:
+                            event.model = deployment.model
                         out += encoder.encode(event)
                 if out:
                     yield out

@@ -90,7 +90,7 @@ def parse_response(body: dict[str, Any], *, provider: str = "cohere") -> ChatRes
 
     response = ChatResponse(
         id=body.get("id") or "",
-        # NOTE: Cohere responses do not name the model, so callers get an empty model.
+        # Cohere responses do not name the model, so the dispatcher fills in the deployment's.
         model="",
         finish_reason=FINISH_FROM_COHERE.get(reason, "stop"),
         usage=parse_usage(body.get("usage")),
